@@ -1,0 +1,18 @@
+"""cgap-graph: graph-IR structural surgery for PyTorch, for Continuous Growth and Pruning.
+
+    import cgap_graph as cg
+    g = cg.trace(model, (1, 3, 32, 32))     # channel groups of any traced model
+    g.groups[3].status()                     # 'prunable, growable'
+"""
+
+from . import rules as _rules  # noqa: F401
+from .rules import all as _all_rules  # noqa: F401  (registers every op rule)
+from .errors import CgapError, InputShapeError, ModelLoadError, SurgeryError, TraceError
+from .graph import ChannelGraph, Group, Member, trace
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CgapError", "ChannelGraph", "Group", "InputShapeError", "Member", "ModelLoadError", "SurgeryError",
+    "TraceError", "trace", "__version__",
+]

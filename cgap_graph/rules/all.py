@@ -1,0 +1,13 @@
+"""Register every family of op rules."""
+
+from . import (  # noqa: F401
+    attention,
+    elementwise,
+    join_split,
+    linear_conv,
+    misc,
+    norms,
+    pooling,
+    reductions,
+    shape_ops,
+)

@@ -1,0 +1,447 @@
+"""Concatenation, splitting, indexing and padding along channel dimensions.
+
+``cat`` makes the output channels a concatenation of its inputs' layouts (DenseNet's growing
+stream is ``[g0 | g1 | g2 ...]``); ``split``/``chunk``/slices cut a layout into pieces, refining
+the spaces they cut; ``F.pad`` on a channel dimension (option-A ResNet shortcuts) adds zero
+channels as groups of their own. Split sizes, slice bounds and pad amounts that depend on a
+width become graph constants.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+
+from .. import analysis as A
+from ..values import SizeV, TInfo
+from ..expr import concat
+from .registry import TSpec, norm_dim, register
+from .util import F1, is_tensor, shp, v
+
+
+# ---- cat / stack ---------------------------------------------------------------------------
+def _cat_inputs(args, kwargs):
+    tensors = args[0] if args else kwargs["tensors"]
+    dim = v(args[1]) if len(args) > 1 else v(kwargs.get("dim", kwargs.get("axis", 0)))
+    return list(tensors), dim
+
+
+def _cat_shape(args, kwargs):
+    tensors, dim = _cat_inputs(args, kwargs)
+    ts = [t for t in tensors if not (len(shp(t)) == 1 and shp(t)[0] == 0)]
+    out = list(shp(ts[0]))
+    d = norm_dim(dim, len(out))
+    for t in ts[1:]:
+        s = shp(t)
+        if len(s) != len(out) or any(a != b for i, (a, b) in enumerate(zip(s, out)) if i != d):
+            raise RuntimeError(f"cat: sizes {[shp(x) for x in ts]} do not match outside dimension {d}")
+    out[d] = sum(shp(t)[d] for t in ts)
+    dtype = ts[0].dtype
+    for t in ts[1:]:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return TSpec(out, dtype)
+
+
+def _unify_dim(an, exprs):
+    cand = next((e for e in exprs if e[0] != "F"), None)
+    if cand is None:
+        return exprs[0]
+    for e in exprs:
+        if e is not cand:
+            an.unify(cand, e)
+    return cand
+
+
+def _cat_channels(an, node, args, kwargs):
+    tensors, dim = _cat_inputs(args, kwargs)
+    xs = [t for t in tensors if isinstance(t, TInfo) and not (t.ndim == 1 and t.shape[0] == 0)]
+    n = xs[0].ndim
+    d = norm_dim(dim, n)
+    exprs = []
+    for j in range(n):
+        if j == d:
+            exprs.append(concat(x.exprs[d] for x in xs))
+        elif xs[0].shape[j] == 1:
+            exprs.append(F1)
+        else:
+            exprs.append(_unify_dim(an, [x.exprs[j] for x in xs]))
+    return TInfo(tuple(exprs), all(x.zm for x in xs), node.meta["shape"])
+
+
+def _stack_shape(args, kwargs):
+    tensors, dim = _cat_inputs(args, kwargs)
+    s = list(shp(tensors[0]))
+    d = norm_dim(dim, len(s) + 1)
+    s.insert(d, len(tensors))
+    return TSpec(s, tensors[0].dtype)
+
+
+def _stack_channels(an, node, args, kwargs):
+    tensors, dim = _cat_inputs(args, kwargs)
+    xs = [t for t in tensors if isinstance(t, TInfo)]
+    n = xs[0].ndim
+    d = norm_dim(dim, n + 1)
+    exprs = [_unify_dim(an, [x.exprs[j] for x in xs]) if xs[0].shape[j] != 1 else F1 for j in range(n)]
+    exprs.insert(d, ("F", len(tensors)))
+    return TInfo(tuple(exprs), all(x.zm for x in xs), node.meta["shape"])
+
+
+register(torch.cat, torch.concat, torch.concatenate, shape=_cat_shape, channels=_cat_channels)
+register(torch.stack, shape=_stack_shape, channels=_stack_channels)
+
+
+# ---- split / chunk / unbind -------------------------------------------------------------------
+def _split_sizes(n, size_or_sections):
+    s = v(size_or_sections)
+    if isinstance(s, (list, tuple)):
+        if sum(s) != n:
+            raise RuntimeError(f"split sizes {s} do not sum to {n}")
+        return [int(k) for k in s]
+    s = int(s)
+    return [min(s, n - i) for i in range(0, n, s)] if n else [0]
+
+
+def _chunk_sizes(n, chunks):
+    each = -(-n // int(chunks))
+    return [min(each, n - i) for i in range(0, n, each)] if n else [0]
+
+
+def _split_args(node_or_args, kwargs):
+    args = node_or_args
+    x = args[0]
+    size = args[1] if len(args) > 1 else kwargs.get("split_size_or_sections", kwargs.get("split_size"))
+    dim = v(args[2]) if len(args) > 2 else v(kwargs.get("dim", 0))
+    return x, size, dim
+
+
+def _split_shape(args, kwargs):
+    x, size, dim = _split_args(args, kwargs)
+    d = norm_dim(dim, len(shp(x)))
+    out = []
+    for k in _split_sizes(shp(x)[d], size):
+        s = list(shp(x))
+        s[d] = k
+        out.append(TSpec(s, x.dtype))
+    return tuple(out)
+
+
+def _chunk_args(args, kwargs):
+    x = args[0]
+    chunks = args[1] if len(args) > 1 else kwargs["chunks"]
+    dim = v(args[2]) if len(args) > 2 else v(kwargs.get("dim", 0))
+    return x, chunks, dim
+
+
+def _chunk_shape(args, kwargs):
+    x, chunks, dim = _chunk_args(args, kwargs)
+    d = norm_dim(dim, len(shp(x)))
+    out = []
+    for k in _chunk_sizes(shp(x)[d], v(chunks)):
+        s = list(shp(x))
+        s[d] = k
+        out.append(TSpec(s, x.dtype))
+    return tuple(out)
+
+
+def _pieces(an, x: TInfo, d: int, sizes):
+    e = x.exprs[d]
+    if len(sizes) == 1:
+        return [e]
+    if not an.spaces_in(e):
+        return [("F", k) for k in sizes]
+    return an.t.split(e, sizes, an.where())
+
+
+def _outputs(x: TInfo, d: int, pieces, sizes):
+    out = []
+    for p, k in zip(pieces, sizes):
+        exprs = list(x.exprs)
+        exprs[d] = p
+        shape = list(x.shape)
+        shape[d] = k
+        out.append(TInfo(tuple(exprs), x.zm, tuple(shape)))
+    return tuple(out)
+
+
+def _split_channels(an, node, args, kwargs):
+    x, size, dim = _split_args(args, kwargs)
+    d = norm_dim(dim, x.ndim)
+    sizes = _split_sizes(x.shape[d], size)
+    raw = node.args[1] if len(node.args) > 1 else node.kwargs.get("split_size_or_sections",
+                                                                  node.kwargs.get("split_size"))
+    path = ("args", 1) if len(node.args) > 1 else (
+        "kwargs", "split_size_or_sections" if "split_size_or_sections" in node.kwargs else "split_size")
+    if an.spaces_in(x.exprs[d]) and len(sizes) > 1:
+        if isinstance(raw, (list, tuple)) and all(isinstance(k, int) for k in raw):
+            pieces = _pieces(an, x, d, sizes)
+            for i, p in enumerate(pieces):
+                an.const((*path, i), p, "width")
+        elif isinstance(raw, int):
+            pieces = _pieces(an, x, d, sizes)
+            an.const(path, tuple(pieces), "sections")
+        else:
+            an.freeze(x.exprs[d], f"{an.where()}: split sizes computed at run time")
+            pieces = [("F", k) for k in sizes]
+    else:
+        pieces = _pieces(an, x, d, sizes)
+    return _outputs(x, d, pieces, sizes)
+
+
+def _chunk_channels(an, node, args, kwargs):
+    x, chunks, dim = _chunk_args(args, kwargs)
+    d = norm_dim(dim, x.ndim)
+    sizes = _chunk_sizes(x.shape[d], v(chunks))
+    pieces = _pieces(an, x, d, sizes)
+    if an.spaces_in(x.exprs[d]) and len(sizes) > 1:
+        if isinstance(node.args[1] if len(node.args) > 1 else None, int):
+            an.const(("args", 1), tuple(pieces), "chunk")
+        else:
+            an.freeze(x.exprs[d], f"{an.where()}: chunk count computed at run time")
+    return _outputs(x, d, pieces, sizes)
+
+
+def _unbind_shape(args, kwargs):
+    x = args[0]
+    dim = v(args[1]) if len(args) > 1 else v(kwargs.get("dim", 0))
+    d = norm_dim(dim, len(shp(x)))
+    s = [k for i, k in enumerate(shp(x)) if i != d]
+    return tuple(TSpec(s, x.dtype) for _ in range(shp(x)[d]))
+
+
+def _unbind_channels(an, node, args, kwargs):
+    x = args[0]
+    dim = v(args[1]) if len(args) > 1 else v(kwargs.get("dim", 0))
+    d = norm_dim(dim, x.ndim)
+    if x.exprs[d][0] != "F":
+        an.freeze(x.exprs[d], f"{an.where()}: channels are unbound one by one")
+    exprs = tuple(e for i, e in enumerate(x.exprs) if i != d)
+    shape = tuple(k for i, k in enumerate(x.shape) if i != d)
+    return tuple(TInfo(exprs, x.zm, shape) for _ in range(x.shape[d]))
+
+
+A._DATA_MOVEMENT_FUNCS.update({torch.split, torch.chunk, torch.split_with_sizes})
+register(torch.split, "split", shape=_split_shape, channels=_split_channels)
+register("split_with_sizes", torch.split_with_sizes, shape=_split_shape, channels=_split_channels)
+register(torch.chunk, "chunk", shape=_chunk_shape, channels=_chunk_channels)
+register(torch.unbind, "unbind", shape=_unbind_shape, channels=_unbind_channels)
+
+
+# ---- indexing ---------------------------------------------------------------------------------
+def _index_items(idx, ndim):
+    items = list(idx) if isinstance(idx, tuple) else [idx]
+    used = sum(1 for i in items if i is not None and i is not Ellipsis)
+    out = []
+    for pos, i in enumerate(items):
+        if i is Ellipsis:
+            out.extend((None, slice(None)) for _ in range(ndim - used))
+        else:
+            out.append((pos, i))
+    return out
+
+
+def _slice_bounds(sl, n):
+    return slice(v(sl.start), v(sl.stop), v(sl.step)).indices(n)
+
+
+def _getitem_shape(args, kwargs):
+    x, idx = args[0], args[1]
+    if not is_tensor(x):
+        raise TypeError("not a tensor")  # tuple indexing is recorded by the tracer as plain Python
+    s = shp(x)
+    out, d = [], 0
+    for _pos, i in _index_items(idx, len(s)):
+        if i is None:
+            out.append(1)
+        elif isinstance(i, slice):
+            start, stop, step = _slice_bounds(i, s[d])
+            out.append(len(range(start, stop, step)))
+            d += 1
+        elif isinstance(v(i), int) and not isinstance(v(i), bool):
+            d += 1
+        else:
+            raise TypeError("advanced indexing")  # meta fallback; the analysis freezes it
+    out.extend(s[d:])
+    return TSpec(out, x.dtype)
+
+
+def _getitem_channels(an, node, args, kwargs):
+    container, idx = args[0], args[1]
+    if isinstance(container, (tuple, list)):
+        return container[v(idx)] if not isinstance(idx, slice) else container[idx]
+    if isinstance(container, SizeV) or not isinstance(container, TInfo):
+        return SizeV(getattr(container, "exprs", ()), None)
+    x = container
+    raw_idx = node.args[1]
+    tuple_form = isinstance(raw_idx, tuple)
+    raw_items = _index_items(raw_idx, x.ndim)
+    val_items = _index_items(idx, x.ndim)
+    out_e, out_s, d = [], [], 0
+    for (pos, raw), (_p, val) in zip(raw_items, val_items):
+        if raw is None and pos is not None:
+            out_e.append(F1)
+            out_s.append(1)
+            continue
+        if isinstance(val, slice) or (raw is None and pos is None):
+            sl = val if isinstance(val, slice) else slice(None)
+            rsl = raw if isinstance(raw, slice) else slice(None)
+            e, n = x.exprs[d], x.shape[d]
+            start, stop, step = _slice_bounds(sl, n)
+            length = len(range(start, stop, step))
+            if (start, stop, step) == (0, n, 1):
+                out_e.append(e)
+            elif not an.spaces_in(e):
+                out_e.append(("F", length))
+            elif step != 1 or length == 0 or any(isinstance(b, fx.Node) for b in (rsl.start, rsl.stop, rsl.step)):
+                an.freeze(e, f"{an.where()}: channels are sliced with a step or run-time bounds")
+                out_e.append(("F", length))
+            else:
+                sizes = [k for k in (start, stop - start, n - stop) if k > 0]
+                pieces = an.t.split(e, sizes, an.where())
+                it = iter(pieces)
+                pre = next(it) if start > 0 else ("F", 0)
+                mid = next(it)
+                post = next(it) if n - stop > 0 else ("F", 0)
+                base = ("args", 1, pos) if tuple_form else ("args", 1)
+                if isinstance(rsl.start, int):
+                    if rsl.start >= 0:
+                        an.const((*base, "start"), pre, "width")
+                    else:
+                        an.const((*base, "start"), concat((mid, post)), "neg_width")
+                if isinstance(rsl.stop, int):
+                    if rsl.stop >= 0:
+                        an.const((*base, "stop"), concat((pre, mid)), "width")
+                    else:
+                        an.const((*base, "stop"), post, "neg_width")
+                out_e.append(mid)
+            out_s.append(length)
+            d += 1
+        else:  # an integer index selects one position
+            if x.exprs[d][0] != "F":
+                an.freeze(x.exprs[d], f"{an.where()}: a single channel is selected by index")
+            d += 1
+    out_e.extend(x.exprs[d:])
+    out_s.extend(x.shape[d:])
+    return TInfo(tuple(out_e), x.zm, node.meta["shape"])
+
+
+register(operator.getitem, shape=_getitem_shape, channels=_getitem_channels)
+
+
+def _narrow_shape(args, kwargs):
+    x, dim, start, length = args[0], v(args[1]), v(args[2]), v(args[3])
+    s = list(shp(x))
+    s[norm_dim(dim, len(s))] = int(length)
+    return TSpec(s, x.dtype)
+
+
+def _narrow_channels(an, node, args, kwargs):
+    x = args[0]
+    d = norm_dim(v(args[1]), x.ndim)
+    if x.exprs[d][0] != "F" and (v(args[2]), v(args[3])) != (0, x.shape[d]):
+        an.freeze(x.exprs[d], f"{an.where()}: narrows a channel dimension")
+        e = list(x.exprs)
+        e[d] = ("F", node.meta["shape"][d])
+        return TInfo(tuple(e), x.zm, node.meta["shape"])
+    e = list(x.exprs)
+    if x.exprs[d][0] == "F":
+        e[d] = ("F", node.meta["shape"][d])
+    return TInfo(tuple(e), x.zm, node.meta["shape"])
+
+
+def _select_shape(args, kwargs):
+    x, dim = args[0], v(args[1])
+    s = list(shp(x))
+    del s[norm_dim(dim, len(s))]
+    return TSpec(s, x.dtype)
+
+
+def _select_channels(an, node, args, kwargs):
+    x = args[0]
+    d = norm_dim(v(args[1]), x.ndim)
+    if x.exprs[d][0] != "F":
+        an.freeze(x.exprs[d], f"{an.where()}: a single channel is selected by index")
+    return TInfo(tuple(e for i, e in enumerate(x.exprs) if i != d), x.zm, node.meta["shape"])
+
+
+register(torch.narrow, "narrow", shape=_narrow_shape, channels=_narrow_channels)
+register(torch.select, "select", shape=_select_shape, channels=_select_channels)
+
+
+# ---- padding ------------------------------------------------------------------------------------
+def _pad_args(args, kwargs):
+    x = args[0]
+    pad = args[1] if len(args) > 1 else kwargs["pad"]
+    mode = args[2] if len(args) > 2 else kwargs.get("mode", "constant")
+    value = args[3] if len(args) > 3 else kwargs.get("value", None)
+    return x, pad, mode, value
+
+
+def _pad_shape(args, kwargs):
+    x, pad, mode, value = _pad_args(args, kwargs)
+    pad = [int(p) for p in v(pad)]
+    s = list(shp(x))
+    for k in range(len(pad) // 2):
+        d = len(s) - 1 - k
+        s[d] += pad[2 * k] + pad[2 * k + 1]
+    return TSpec(s, x.dtype)
+
+
+def _pad_channels(an, node, args, kwargs):
+    x, pad, mode, value = _pad_args(args, kwargs)
+    raw = node.args[1] if len(node.args) > 1 else node.kwargs["pad"]
+    base = ("args", 1) if len(node.args) > 1 else ("kwargs", "pad")
+    pad = [int(p) for p in v(pad)]
+    exprs = list(x.exprs)
+    zero = mode == "constant" and (value is None or v(value) == 0)
+    for k in range(len(pad) // 2):
+        d = x.ndim - 1 - k
+        lo, hi = pad[2 * k], pad[2 * k + 1]
+        e = exprs[d]
+        if lo == 0 and hi == 0:
+            continue
+        if not an.spaces_in(e):
+            exprs[d] = ("F", node.meta["shape"][d])
+            continue
+        static = isinstance(raw[2 * k], int) and isinstance(raw[2 * k + 1], int)
+        if not (zero and lo >= 0 and hi >= 0 and static):
+            an.freeze(e, f"{an.where()}: pads channels with non-zero or run-time amounts")
+            exprs[d] = ("F", node.meta["shape"][d])
+            continue
+        parts = []
+        if lo:
+            z = ("S", an.t.new(lo, f"{node.name}:zero-pad-before"))
+            an.const((*base, 2 * k), z, "width")
+            parts.append(z)
+        parts.append(e)
+        if hi:
+            z = ("S", an.t.new(hi, f"{node.name}:zero-pad-after"))
+            an.const((*base, 2 * k + 1), z, "width")
+            parts.append(z)
+        exprs[d] = concat(parts)
+    return TInfo(tuple(exprs), x.zm and zero, node.meta["shape"])
+
+
+register(F.pad, torch.constant_pad_nd, shape=_pad_shape, channels=_pad_channels)
+
+
+def _index_select_channels(an, node, args, kwargs):
+    x = args[0]
+    d = norm_dim(v(args[1]), x.ndim)
+    if x.exprs[d][0] != "F":
+        an.freeze(x.exprs[d], f"{an.where()}: gathers channels by index")
+    e = list(x.exprs)
+    e[d] = ("F", node.meta["shape"][d])
+    return TInfo(tuple(e), x.zm, node.meta["shape"])
+
+
+def _index_select_shape(args, kwargs):
+    x, dim, index = args[0], v(args[1]), args[2]
+    s = list(shp(x))
+    s[norm_dim(dim, len(s))] = shp(index)[0] if shp(index) else 1
+    return TSpec(s, x.dtype)
+
+
+register(torch.index_select, "index_select", shape=_index_select_shape, channels=_index_select_channels)

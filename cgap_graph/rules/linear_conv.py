@@ -1,0 +1,423 @@
+"""Producers and consumers: convolutions, Linear, Embedding, and contractions (matmul, einsum).
+
+A convolution consumes the channels of its input (weight columns) and produces a new space
+(weight rows, bias). A grouped convolution splits both sides into ``groups x per-group``
+products: the groups are one channel space (pruning a whole group lowers ``groups``), the
+per-group channels another; for a depthwise convolution the per-group input is a fixed 1, so
+input and output channels are one group. A contraction between two activations (``q @ k^T``)
+couples the contracted dimensions; its second operand's producer is marked to be split (not
+copied) when a unit is duplicated, which keeps ``preserve`` growth exact for attention.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from .. import analysis as A
+from ..expr import product
+from ..values import TInfo
+from .registry import TSpec, broadcast_shapes, register
+from .util import F1, shp, v
+
+
+# ---- shapes -----------------------------------------------------------------------------------
+def _tuple(x, n):
+    if type(x) is tuple:
+        return x
+    x = v(x)
+    return tuple(x) if isinstance(x, (list, tuple)) else (x,) * n
+
+
+def conv_out_shape(in_shape, out_channels, kernel, stride, padding, dilation, transposed=False,
+                   output_padding=0):
+    nsp = len(kernel)
+    batched = len(in_shape) == nsp + 2
+    spatial = in_shape[-nsp:]
+    lead = in_shape[:1] if batched else ()
+    if isinstance(padding, str):
+        if padding == "same":
+            return (*lead, out_channels, *spatial)
+        padding = 0
+    stride, dilation = _tuple(stride, nsp), _tuple(dilation, nsp)
+    padding, output_padding = _tuple(padding, nsp), _tuple(output_padding, nsp)
+    out = []
+    for i in range(nsp):
+        L, k, s, p, d = spatial[i], kernel[i], stride[i], padding[i], dilation[i]
+        if transposed:
+            o = (L - 1) * s - 2 * p + d * (k - 1) + output_padding[i] + 1
+        else:
+            o = (L + 2 * p - d * (k - 1) - 1) // s + 1
+        if o <= 0:
+            raise RuntimeError(f"input of spatial size {tuple(spatial)} is too small for the kernel")
+        out.append(o)
+    return (*lead, out_channels, *out)
+
+
+def _conv_mod_shape(mod, args, kwargs):
+    x = args[0]
+    s = x.shape
+    nsp = len(mod.kernel_size)
+    if len(s) not in (nsp + 1, nsp + 2):
+        raise RuntimeError(f"expected a {nsp + 2}-d input, got shape {s}")
+    if s[len(s) - nsp - 1] != mod.in_channels:
+        raise RuntimeError(f"expected {mod.in_channels} input channels, got {s[len(s) - nsp - 1]}")
+    out = conv_out_shape(s, mod.out_channels, mod.kernel_size, mod.stride, mod.padding, mod.dilation,
+                         mod.transposed, mod.output_padding)
+    return TSpec(out, x.dtype)
+
+
+def _linear_mod_shape(mod, args, kwargs):
+    x = args[0]
+    s = shp(x)
+    if not s or s[-1] != mod.in_features:
+        raise RuntimeError(f"expected {mod.in_features} input features, got shape {s}")
+    return TSpec((*s[:-1], mod.out_features), x.dtype)
+
+
+def _embedding_mod_shape(mod, args, kwargs):
+    x = args[0]
+    if x.dtype.is_floating_point:
+        raise RuntimeError("Embedding expects integer indices (use --input-dtype long)")
+    return TSpec((*shp(x), mod.embedding_dim), mod._parameters["weight"].dtype)
+
+
+# ---- channel rules ------------------------------------------------------------------------------
+def _freeze_spatial(an, x: TInfo, start: int) -> None:
+    for d in range(start, x.ndim):
+        if x.exprs[d][0] != "F":
+            an.freeze(x.exprs[d], f"{an.where()}: channels are convolved over as a spatial dimension")
+
+
+def conv_channels(an, node, x: TInfo, key: str, wkey: str, bkey: str | None, groups: int,
+                  in_ch: int, out_ch: int, nsp: int, transposed: bool, module: bool,
+                  wval: TInfo | None = None) -> TInfo:
+    cdim = x.ndim - nsp - 1
+    xc = x.exprs[cdim]
+    _freeze_spatial(an, x, cdim + 1)
+
+    def pspace(dim, role, like=None):
+        if module:
+            return an.pspace(wkey, dim, role, like)
+        return wval.exprs[dim]
+
+    if groups == 1:
+        if transposed:
+            an.unify(xc, pspace(0, "consume", xc))
+            out_c = pspace(1, "produce")
+        else:
+            an.unify(xc, pspace(1, "consume", xc))
+            out_c = pspace(0, "produce")
+    else:
+        G = an.cspace(f"{key}:groups", groups)
+        gin, jin = an.t.factor(xc, [groups, in_ch // groups], an.where())
+        an.unify(gin, G)
+        if transposed:
+            an.unify(xc, pspace(0, "consume"))
+            out_c = product((G, pspace(1, "produce")))
+        else:
+            an.unify(jin, pspace(1, "consume"))
+            w0 = pspace(0, "produce")
+            an.unify(w0, product((G, an.cspace(f"{key}:per-group", out_ch // groups))))
+            out_c = w0
+        if module:
+            an.attr(key, "groups", G)
+    if not module and wval is not None:
+        # functional conv: the weight tensor's input-side dimension is consumed (split on growth)
+        an.mark_split(node.args[1], pspace(0 if transposed else 1, "consume"))
+    if bkey is not None:
+        an.unify(out_c, an.pspace(bkey, 0, "produce", out_c) if module else bkey)
+    if module:
+        an.attr(key, "in_channels", xc)
+        an.attr(key, "out_channels", out_c)
+    out_shape = node.meta["shape"]
+    exprs = list(x.exprs[:cdim]) + [out_c] + [("F", s) for s in out_shape[cdim + 1:]]
+    return TInfo(tuple(exprs), True, out_shape)
+
+
+def _conv_mod_channels(an, node, mod, args, kwargs):
+    key = node.target
+    return conv_channels(an, node, args[0], key, f"{key}.weight",
+                         f"{key}.bias" if mod._parameters.get("bias") is not None else None,
+                         mod.groups, mod.in_channels, mod.out_channels, len(mod.kernel_size),
+                         mod.transposed, module=True)
+
+
+def _linear_mod_channels(an, node, mod, args, kwargs):
+    x = args[0]
+    key = node.target
+    an.unify(x.exprs[-1], an.pspace(f"{key}.weight", 1, "consume", x.exprs[-1]))
+    out_c = an.pspace(f"{key}.weight", 0, "produce")
+    if mod._parameters.get("bias") is not None:
+        an.unify(out_c, an.pspace(f"{key}.bias", 0, "produce", out_c))
+    an.attr(key, "in_features", x.exprs[-1])
+    an.attr(key, "out_features", out_c)
+    return TInfo((*x.exprs[:-1], out_c), True, node.meta["shape"])
+
+
+def _embedding_mod_channels(an, node, mod, args, kwargs):
+    x = args[0]
+    out_c = an.pspace(f"{node.target}.weight", 1, "produce")
+    an.attr(node.target, "embedding_dim", out_c)
+    return TInfo((*x.exprs, out_c), True, node.meta["shape"])
+
+
+for _c in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d):
+    register(_c, shape=_conv_mod_shape, channels=_conv_mod_channels)
+register(nn.Linear, shape=_linear_mod_shape, channels=_linear_mod_channels)
+register(nn.Embedding, shape=_embedding_mod_shape, channels=_embedding_mod_channels)
+
+
+# ---- functional forms ---------------------------------------------------------------------------
+def _f_linear_shape(args, kwargs):
+    x, w = args[0], args[1] if len(args) > 1 else kwargs["weight"]
+    if shp(x)[-1] != shp(w)[-1]:
+        raise RuntimeError(f"linear: input features {shp(x)[-1]} != weight columns {shp(w)[-1]}")
+    return TSpec((*shp(x)[:-1], *shp(w)[:-1]), x.dtype)
+
+
+def _f_linear_channels(an, node, args, kwargs):
+    x = args[0]
+    w = args[1] if len(args) > 1 else kwargs["weight"]
+    b = args[2] if len(args) > 2 else kwargs.get("bias")
+    an.unify(x.exprs[-1], w.exprs[-1])
+    wnode = node.args[1] if len(node.args) > 1 else node.kwargs["weight"]
+    if an.spaces_in(w.exprs[-1]) and not an.mark_split(wnode, w.exprs[-1]):
+        an.note(w.exprs[-1], f"{an.where()}: the weight's input side cannot be split on growth",
+                prune=False)
+    out_c = w.exprs[0] if w.ndim == 2 else F1
+    if isinstance(b, TInfo):
+        an.unify(out_c, b.exprs[0])
+    zm = w.zm
+    return TInfo((*x.exprs[:-1], *((out_c,) if w.ndim == 2 else ())), zm, node.meta["shape"])
+
+
+def _f_conv_args(args, kwargs):
+    names = ["input", "weight", "bias", "stride", "padding", "dilation", "groups"]
+    vals = dict(zip(names, args))
+    vals.update(kwargs)
+    return (vals["input"], vals["weight"], vals.get("bias"), vals.get("stride", 1), vals.get("padding", 0),
+            vals.get("dilation", 1), vals.get("groups", 1))
+
+
+def _f_conv_shape(args, kwargs):
+    x, w, b, stride, padding, dilation, groups = _f_conv_args(args, kwargs)
+    k = shp(w)[2:]
+    return TSpec(conv_out_shape(shp(x), shp(w)[0], k, stride, padding, dilation), x.dtype)
+
+
+def _f_conv_channels(an, node, args, kwargs):
+    x, w, b, stride, padding, dilation, groups = _f_conv_args(args, kwargs)
+    groups = int(v(groups))
+    nsp = w.ndim - 2
+    out = conv_channels(an, node, x, node.name, "", None, groups, w.shape[1] * groups, w.shape[0], nsp,
+                        False, module=False, wval=w)
+    if isinstance(b, TInfo):
+        an.unify(out.exprs[x.ndim - nsp - 1], b.exprs[0])
+    if groups > 1:
+        path = ("args", 6) if len(node.args) > 6 else ("kwargs", "groups")
+        an.const(path, an.canon[f"{node.name}:groups"], "width")
+    return out
+
+
+def _f_embedding_shape(args, kwargs):
+    x, w = args[0], args[1] if len(args) > 1 else kwargs["weight"]
+    return TSpec((*shp(x), shp(w)[1]), w.dtype)
+
+
+def _f_embedding_channels(an, node, args, kwargs):
+    x, w = args[0], args[1] if len(args) > 1 else kwargs["weight"]
+    return TInfo((*x.exprs, w.exprs[1]), w.zm, node.meta["shape"])
+
+
+register(F.linear, shape=_f_linear_shape, channels=_f_linear_channels)
+register(F.conv1d, F.conv2d, F.conv3d, shape=_f_conv_shape, channels=_f_conv_channels)
+register(F.embedding, shape=_f_embedding_shape, channels=_f_embedding_channels)
+A._LINEAR_FUNCS.update({F.linear, F.conv1d, F.conv2d, F.conv3d})
+A._MULTI_OUT.update({torch.split, torch.chunk, torch.unbind})
+
+
+# ---- contractions ---------------------------------------------------------------------------------
+def _matmul_shape(args, kwargs):
+    a, b = args[0], args[1]
+    sa, sb = shp(a), shp(b)
+    if not sa or not sb:
+        raise RuntimeError("matmul needs at least 1-d tensors")
+    if len(sa) == 1 and len(sb) == 1:
+        out: tuple = ()
+    elif len(sb) == 1:
+        out = sa[:-1]
+    elif len(sa) == 1:
+        out = (*sb[:-2], sb[-1])
+    else:
+        out = (*broadcast_shapes(sa[:-2], sb[:-2]), sa[-2], sb[-1])
+    k_a = sa[-1]
+    k_b = sb[0] if len(sb) == 1 else sb[-2]
+    if k_a != k_b:
+        raise RuntimeError(f"matmul: shapes {sa} and {sb} cannot be multiplied")
+    return TSpec(out, a.dtype)
+
+
+def _split_side(an, node, pos_first: fx.Node, pos_second: fx.Node, contracted) -> None:
+    """Choose which operand's producer splits duplicated contracted units (see module doc)."""
+    if not an.spaces_in(contracted[0]):
+        return
+    e, written_second, written_first = contracted
+    if an.mark_split(pos_second, e, written_second):
+        return
+    if an.mark_split(pos_first, e, written_first):
+        return
+    an.note(e, f"{an.where()}: contracted channels have no producer that can be split on growth",
+            prune=False)
+
+
+def _zm_dims(an, exprs_zm) -> bool:
+    return all(zm or not an.spaces_in(e) for e, zm in exprs_zm)
+
+
+def matmul_channels(an, node, a: TInfo, b: TInfo, na, nb) -> TInfo:
+    a1, b1 = a.ndim == 1, b.ndim == 1
+    ca = a.exprs[-1]
+    cb = b.exprs[0] if b1 else b.exprs[-2]
+    contracted = (ca, an.t.written_leaves(cb), an.t.written_leaves(ca))
+    an.unify(ca, cb)
+    _split_side(an, node, na, nb, contracted)
+    out_shape = node.meta["shape"]
+    exprs: list = []
+    zms: list = []
+    if not a1 and not b1:
+        nbatch = len(out_shape) - 2
+        for j in range(nbatch):
+            full, z = [], False
+            for t in (a, b):
+                k = j - (nbatch - (t.ndim - 2))
+                if k >= 0 and t.shape[k] == out_shape[j] and not (out_shape[j] == 1 and t.exprs[k][0] == "F"):
+                    full.append(t.exprs[k])
+                    z = z or t.zm
+                elif k >= 0 and t.exprs[k][0] != "F":
+                    an.freeze(t.exprs[k], f"{an.where()}: a channel of width 1 is broadcast")
+            cand = next((e for e in full if e[0] != "F"), None)
+            for e in full:
+                if cand is not None and e is not cand:
+                    an.unify(cand, e)
+            exprs.append(cand if cand is not None else ("F", out_shape[j]))
+            zms.append(z)
+        exprs += [a.exprs[-2], b.exprs[-1]]
+        zms += [a.zm, b.zm]
+    elif b1 and not a1:
+        exprs, zms = list(a.exprs[:-1]), [a.zm] * (a.ndim - 1)
+    elif a1 and not b1:
+        exprs = list(b.exprs[:-2]) + [b.exprs[-1]]
+        zms = [b.zm] * len(exprs)
+    return TInfo(tuple(exprs), _zm_dims(an, zip(exprs, zms)), out_shape)
+
+
+def _matmul_channels(an, node, args, kwargs):
+    return matmul_channels(an, node, args[0], args[1], node.args[0], node.args[1])
+
+
+register(torch.matmul, operator.matmul, "matmul", torch.bmm, "bmm", torch.mm, "mm", shape=_matmul_shape,
+         channels=_matmul_channels)
+
+
+def _addmm_shape(args, kwargs):
+    return _matmul_shape(args[1:3], {})
+
+
+def _addmm_channels(an, node, args, kwargs):
+    out = matmul_channels(an, node, args[1], args[2], node.args[1], node.args[2])
+    bias = args[0]
+    if isinstance(bias, TInfo):
+        n = len(out.exprs)
+        for k in range(bias.ndim):
+            j = n - bias.ndim + k
+            if bias.shape[k] == out.shape[j] and out.shape[j] != 1:
+                an.unify(out.exprs[j], bias.exprs[k])
+    return out
+
+
+register(torch.addmm, "addmm", torch.baddbmm, "baddbmm", shape=_addmm_shape, channels=_addmm_channels)
+
+
+# ---- einsum -----------------------------------------------------------------------------------------
+def _einsum_parse(eq: str, ndims: list[int]):
+    eq = eq.replace(" ", "")
+    lhs, _, rhs = eq.partition("->")
+    ins = lhs.split(",")
+    spare = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ" if c not in eq]
+    nell = max((nd - len(s.replace("...", "")) for s, nd in zip(ins, ndims) if "..." in s), default=0)
+    ell = "".join(spare[:nell])
+    subs = []
+    for s, nd in zip(ins, ndims):
+        if "..." in s:
+            k = nd - len(s.replace("...", ""))
+            s = s.replace("...", ell[nell - k:] if k else "")
+        subs.append(s)
+    if not _:
+        counts: dict = {}
+        for s in subs:
+            for c in s:
+                counts[c] = counts.get(c, 0) + 1
+        rhs = ell + "".join(sorted(c for c, n in counts.items() if n == 1 and c not in ell))
+    else:
+        rhs = rhs.replace("...", ell)
+    return subs, rhs
+
+
+def _einsum_operands(args):
+    eq = args[0]
+    ops = list(args[1]) if len(args) == 2 and isinstance(args[1], (list, tuple)) else list(args[1:])
+    return eq, ops
+
+
+def _einsum_shape(args, kwargs):
+    eq, ops = _einsum_operands(args)
+    subs, rhs = _einsum_parse(eq, [len(shp(o)) for o in ops])
+    size = {}
+    for s, o in zip(subs, ops):
+        for c, n in zip(s, shp(o)):
+            if size.get(c, 1) == 1:
+                size[c] = n
+    return TSpec([size[c] for c in rhs], ops[0].dtype)
+
+
+def _einsum_channels(an, node, args, kwargs):
+    eq, ops = _einsum_operands(args)
+    raw_ops = list(node.args[1]) if len(node.args) == 2 and isinstance(node.args[1], (list, tuple)) \
+        else list(node.args[1:])
+    subs, rhs = _einsum_parse(eq, [o.ndim for o in ops])
+    letter: dict = {}
+    holders: dict = {}
+    written: dict = {}
+    for i, (s, o) in enumerate(zip(subs, ops)):
+        for c, e in zip(s, o.exprs):
+            written.setdefault((c, i), an.t.written_leaves(e))
+    for i, (s, o) in enumerate(zip(subs, ops)):
+        for c, e, n in zip(s, o.exprs, o.shape):
+            if n == 1 and e[0] == "F":
+                continue
+            holders.setdefault(c, []).append(i)
+            if c in letter:
+                an.unify(letter[c], e)
+                if letter[c][0] == "F" and e[0] != "F":
+                    letter[c] = e
+            else:
+                letter[c] = e
+    for c, who in holders.items():
+        if c not in rhs and len(who) > 1:
+            _split_side(an, node, raw_ops[who[0]], raw_ops[who[-1]],
+                        (letter[c], written[(c, who[-1])], written[(c, who[0])]))
+    out_shape = node.meta["shape"]
+    exprs = tuple(letter.get(c, ("F", n)) for c, n in zip(rhs, out_shape))
+    zm = all(any(ops[i].zm for i in holders.get(c, [])) or not an.spaces_in(e) for c, e in zip(rhs, exprs))
+    return TInfo(exprs, zm, out_shape)
+
+
+register(torch.einsum, shape=_einsum_shape, channels=_einsum_channels)
+
+__all__ = ["conv_out_shape", "math"]

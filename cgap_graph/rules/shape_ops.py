@@ -1,0 +1,470 @@
+"""Shape ops: view/reshape/flatten/unflatten, squeeze/unsqueeze, permute/transpose, expand, repeat.
+
+``view``/``reshape`` group input and output dimensions into runs of equal size, flatten each
+run into a product of channel layouts and factor it into the output sizes: a conv output
+flattened into a Linear becomes ``(G x H*W)``, ``view(B, T, h, d)`` refines a space into
+``heads x head_dim``, channel shuffle's ``view-transpose-view`` becomes a transposed product.
+Integer sizes that depend on a group's width (``view(-1, 16*5*5)``) are recorded as graph
+constants and rewritten when the width changes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+import torch.fx as fx
+
+from .. import analysis as A
+from ..values import TInfo
+from ..expr import product
+from .registry import TSpec, norm_dim, register
+from .util import F1, is_tensor, shp, v
+
+
+# ---- shapes ---------------------------------------------------------------------------------
+def _infer(in_shape, sizes):
+    sizes = [int(s) for s in v(sizes)]
+    total = math.prod(in_shape)
+    if sizes.count(-1) > 1:
+        raise RuntimeError("only one dimension can be inferred")
+    if -1 in sizes:
+        known = math.prod(s for s in sizes if s != -1)
+        if known == 0 or total % known:
+            raise RuntimeError(f"shape {sizes} is invalid for input of size {total}")
+        sizes[sizes.index(-1)] = total // known
+    if math.prod(sizes) != total:
+        raise RuntimeError(f"shape {sizes} is invalid for input of size {total}")
+    return sizes
+
+
+def _sizes_from_args(rest, kwargs):
+    if len(rest) == 1 and isinstance(rest[0], (list, tuple)):
+        return list(rest[0])
+    if rest:
+        return list(rest)
+    for k in ("shape", "size"):
+        if k in kwargs:
+            return list(kwargs[k])
+    return []
+
+
+def _view_shape(args, kwargs):
+    x = args[0]
+    return TSpec(_infer(shp(x), _sizes_from_args(args[1:], kwargs)), x.dtype)
+
+
+def _flatten_out(shape, start, end):
+    n = len(shape)
+    if n == 0:
+        return [1]
+    start, end = norm_dim(start, n), norm_dim(end, n)
+    return list(shape[:start]) + [math.prod(shape[start:end + 1])] + list(shape[end + 1:])
+
+
+def _flatten_shape(args, kwargs):
+    x = args[0]
+    start = v(args[1]) if len(args) > 1 else kwargs.get("start_dim", 0)
+    end = v(args[2]) if len(args) > 2 else kwargs.get("end_dim", -1)
+    return TSpec(_flatten_out(shp(x), start, end), x.dtype)
+
+
+def _mod_flatten_shape(mod, args, kwargs):
+    return TSpec(_flatten_out(shp(args[0]), mod.start_dim, mod.end_dim), args[0].dtype)
+
+
+def _unflatten_out(shape, dim, sizes):
+    dim = norm_dim(dim, len(shape))
+    sizes = _infer((shape[dim],), sizes)
+    return list(shape[:dim]) + sizes + list(shape[dim + 1:])
+
+
+def _unflatten_shape(args, kwargs):
+    x = args[0]
+    dim = v(args[1]) if len(args) > 1 else kwargs["dim"]
+    sizes = args[2] if len(args) > 2 else kwargs["sizes"]
+    return TSpec(_unflatten_out(shp(x), dim, sizes), x.dtype)
+
+
+def _mod_unflatten_shape(mod, args, kwargs):
+    return TSpec(_unflatten_out(shp(args[0]), mod.dim, mod.unflattened_size), args[0].dtype)
+
+
+def _squeeze_dims(shape, dim):
+    if dim is None:
+        return [i for i, s in enumerate(shape) if s == 1]
+    dims = v(dim)
+    dims = dims if isinstance(dims, (list, tuple)) else [dims]
+    return [d for d in (norm_dim(d, len(shape)) for d in dims) if shape[d] == 1]
+
+
+def _squeeze_shape(args, kwargs):
+    x = args[0]
+    dim = args[1] if len(args) > 1 else kwargs.get("dim")
+    drop = set(_squeeze_dims(shp(x), dim))
+    return TSpec([s for i, s in enumerate(shp(x)) if i not in drop], x.dtype)
+
+
+def _unsqueeze_shape(args, kwargs):
+    x = args[0]
+    dim = v(args[1]) if len(args) > 1 else v(kwargs["dim"])
+    s = list(shp(x))
+    s.insert(norm_dim(dim, len(s) + 1), 1)
+    return TSpec(s, x.dtype)
+
+
+def _perm_from(args, kwargs, n):
+    rest = args[1:]
+    dims = rest[0] if len(rest) == 1 and isinstance(rest[0], (list, tuple)) else (rest or kwargs.get("dims"))
+    return [norm_dim(d, n) for d in v(dims)]
+
+
+def _permute_shape(args, kwargs):
+    x = args[0]
+    p = _perm_from(args, kwargs, len(shp(x)))
+    return TSpec([shp(x)[d] for d in p], x.dtype)
+
+
+def _transpose_perm(args, kwargs, n):
+    a = v(args[1]) if len(args) > 1 else v(kwargs.get("dim0"))
+    b = v(args[2]) if len(args) > 2 else v(kwargs.get("dim1"))
+    p = list(range(n))
+    a, b = norm_dim(a, n), norm_dim(b, n)
+    p[a], p[b] = p[b], p[a]
+    return p
+
+
+def _transpose_shape(args, kwargs):
+    x = args[0]
+    p = _transpose_perm(args, kwargs, len(shp(x)))
+    return TSpec([shp(x)[d] for d in p], x.dtype)
+
+
+def _t_perm(n):
+    return [1, 0] if n == 2 else list(range(n))
+
+
+def _t_shape(args, kwargs):
+    x = args[0]
+    return TSpec([shp(x)[d] for d in _t_perm(len(shp(x)))], x.dtype)
+
+
+def _movedim_perm(args, kwargs, n):
+    src = v(args[1]) if len(args) > 1 else v(kwargs["source"])
+    dst = v(args[2]) if len(args) > 2 else v(kwargs["destination"])
+    src = [norm_dim(d, n) for d in (src if isinstance(src, (list, tuple)) else [src])]
+    dst = [norm_dim(d, n) for d in (dst if isinstance(dst, (list, tuple)) else [dst])]
+    order = [None] * n
+    for s, d in zip(src, dst):
+        order[d] = s
+    rest = iter(d for d in range(n) if d not in src)
+    return [o if o is not None else next(rest) for o in order]
+
+
+def _movedim_shape(args, kwargs):
+    x = args[0]
+    p = _movedim_perm(args, kwargs, len(shp(x)))
+    return TSpec([shp(x)[d] for d in p], x.dtype)
+
+
+def _expand_sizes(args, kwargs):
+    return _sizes_from_args(args[1:], kwargs)
+
+
+def _expand_out(shape, sizes):
+    sizes = [int(s) for s in v(sizes)]
+    lead = len(sizes) - len(shape)
+    out = []
+    for i, s in enumerate(sizes):
+        if i < lead:
+            out.append(s)
+        else:
+            cur = shape[i - lead]
+            out.append(cur if s == -1 else s)
+            if cur != 1 and s not in (-1, cur):
+                raise RuntimeError(f"cannot expand size {cur} to {s}")
+    return out
+
+
+def _expand_shape(args, kwargs):
+    x = args[0]
+    return TSpec(_expand_out(shp(x), _expand_sizes(args, kwargs)), x.dtype)
+
+
+def _repeat_shape(args, kwargs):
+    x = args[0]
+    reps = [int(r) for r in v(_sizes_from_args(args[1:], kwargs))]
+    s = [1] * (len(reps) - len(shp(x))) + list(shp(x))
+    return TSpec([a * b for a, b in zip(s, reps)], x.dtype)
+
+
+# ---- channels -------------------------------------------------------------------------------
+def reshape_exprs(an, x: TInfo, out_shape) -> list:
+    """Channel layouts of ``x`` reshaped to ``out_shape`` (see module docstring)."""
+    ins, ine = x.shape, x.exprs
+    why = an.where()
+    if 0 in ins or 0 in out_shape:
+        an.freeze_val(x, f"{why}: empty tensor")
+        return [("F", s) for s in out_shape]
+    out: list = []
+    i = j = 0
+    ni, no = len(ins), len(out_shape)
+    while i < ni or j < no:
+        if j < no and out_shape[j] == 1 and (i >= ni or ins[i] != 1):
+            out.append(F1)
+            j += 1
+            continue
+        if i < ni and ins[i] == 1 and (j >= no or out_shape[j] != 1):
+            if ine[i][0] != "F":
+                an.freeze(ine[i], f"{why}: a channel of width 1 is squeezed away")
+            i += 1
+            continue
+        gi, go = [i], [j]
+        pi, po = ins[i], out_shape[j]
+        i += 1
+        j += 1
+        while pi != po:
+            if pi < po:
+                gi.append(i)
+                pi *= ins[i]
+                i += 1
+            else:
+                go.append(j)
+                po *= out_shape[j]
+                j += 1
+        flat = product(ine[k] for k in gi)
+        out.extend(an.t.factor(flat, [out_shape[k] for k in go], why))
+    return out
+
+
+def _has_fixed_factor(an, e) -> bool:
+    e = an.t.norm(e)
+    if e[0] == "F":
+        return e[1] != 1
+    if e[0] == "S":
+        return False
+    return any(_has_fixed_factor(an, p) for p in e[1])
+
+
+def size_arg_slots(an, node: fx.Node, exprs, paths, raw) -> None:
+    """Record graph constants for size arguments whose dimension carries channels.
+
+    Literal sizes are rewritten to the new width. A size computed at run time (``C // g``) may be
+    wrong after surgery, so it becomes a literal too, or -1 where the dimension also holds a
+    fixed factor that may depend on the batch (at most one -1 per call; a second such
+    dimension freezes its channels)."""
+    mixed_dynamic = 0
+    has_infer = any(isinstance(a, int) and a == -1 for a in raw)
+    for e, path, a in zip(exprs, paths, raw):
+        if not an.spaces_in(e):
+            continue
+        if isinstance(a, int):
+            if a != -1:
+                an.const(path, e, "width")
+        elif isinstance(a, fx.Node):
+            if not _has_fixed_factor(an, e):
+                an.const(path, e, "width")
+            elif not has_infer and mixed_dynamic == 0:
+                an.const(path, e, "infer")
+                mixed_dynamic += 1
+            else:
+                an.freeze(e, f"{an.where()}: a run-time size argument covers both channels and a "
+                             "fixed dimension")
+
+
+def _size_arg_paths(node: fx.Node, first: int = 1):
+    args = node.args
+    if len(args) == first + 1 and isinstance(args[first], (list, tuple)):
+        return [("args", first, k) for k in range(len(args[first]))], list(args[first])
+    if len(args) > first:
+        return [("args", first + k) for k in range(len(args) - first)], list(args[first:])
+    for key in ("shape", "size"):
+        if key in node.kwargs:
+            return [("kwargs", key, k) for k in range(len(node.kwargs[key]))], list(node.kwargs[key])
+    return [], []
+
+
+def _view_channels(an, node, args, kwargs):
+    x = args[0]
+    out_shape = node.meta["shape"]
+    exprs = reshape_exprs(an, x, out_shape)
+    paths, raw = _size_arg_paths(node)
+    if len(paths) == len(exprs):
+        size_arg_slots(an, node, exprs, paths, raw)
+    return TInfo(tuple(exprs), x.zm, out_shape)
+
+
+def _reshape_only_channels(an, node, args, kwargs):
+    x = args[0]
+    out_shape = node.meta["shape"]
+    return TInfo(tuple(reshape_exprs(an, x, out_shape)), x.zm, out_shape)
+
+
+def _mod_reshape_channels(an, node, mod, args, kwargs):
+    return _reshape_only_channels(an, node, args, kwargs)
+
+
+def _unflatten_channels(an, node, args, kwargs):
+    x = args[0]
+    out_shape = node.meta["shape"]
+    exprs = reshape_exprs(an, x, out_shape)
+    dim = norm_dim(v(node.args[1]) if len(node.args) > 1 else node.kwargs["dim"], x.ndim)
+    if len(node.args) > 2 and isinstance(node.args[2], (list, tuple)):
+        k = len(node.args[2])
+        size_arg_slots(an, node, exprs[dim:dim + k], [("args", 2, i) for i in range(k)], list(node.args[2]))
+    return TInfo(tuple(exprs), x.zm, out_shape)
+
+
+def _mod_unflatten_channels(an, node, mod, args, kwargs):
+    x = args[0]
+    out_shape = node.meta["shape"]
+    exprs = reshape_exprs(an, x, out_shape)
+    dim = norm_dim(mod.dim, x.ndim)
+    k = len(mod.unflattened_size)
+    an.attr(node.target, "unflattened_size", tuple(exprs[dim:dim + k]))
+    return TInfo(tuple(exprs), x.zm, out_shape)
+
+
+def _squeeze_channels(an, node, args, kwargs):
+    x = args[0]
+    dim = args[1] if len(args) > 1 else kwargs.get("dim")
+    drop = set(_squeeze_dims(x.shape, dim))
+    for d in drop:
+        if x.exprs[d][0] != "F":
+            an.freeze(x.exprs[d], f"{an.where()}: a channel of width 1 is squeezed away")
+    keep = [i for i in range(x.ndim) if i not in drop]
+    return TInfo(tuple(x.exprs[i] for i in keep), x.zm, tuple(x.shape[i] for i in keep))
+
+
+def _unsqueeze_channels(an, node, args, kwargs):
+    x = args[0]
+    dim = norm_dim(v(args[1]) if len(args) > 1 else v(kwargs["dim"]), x.ndim + 1)
+    e, s = list(x.exprs), list(x.shape)
+    e.insert(dim, F1)
+    s.insert(dim, 1)
+    return TInfo(tuple(e), x.zm, tuple(s))
+
+
+def _permuted(x: TInfo, p) -> TInfo:
+    return TInfo(tuple(x.exprs[d] for d in p), x.zm, tuple(x.shape[d] for d in p))
+
+
+def _permute_channels(an, node, args, kwargs):
+    return _permuted(args[0], _perm_from(args, kwargs, args[0].ndim))
+
+
+def _transpose_channels(an, node, args, kwargs):
+    return _permuted(args[0], _transpose_perm(args, kwargs, args[0].ndim))
+
+
+def _t_channels(an, node, args, kwargs):
+    return _permuted(args[0], _t_perm(args[0].ndim))
+
+
+def _movedim_channels(an, node, args, kwargs):
+    return _permuted(args[0], _movedim_perm(args, kwargs, args[0].ndim))
+
+
+def _expand_channels(an, node, args, kwargs):
+    x = args[0]
+    out_shape = node.meta["shape"]
+    lead = len(out_shape) - x.ndim
+    exprs = []
+    for i, s in enumerate(out_shape):
+        if i < lead:
+            exprs.append(("F", s))
+            continue
+        e = x.exprs[i - lead]
+        if x.shape[i - lead] == s:
+            exprs.append(e)
+        else:
+            if e[0] != "F":
+                an.freeze(e, f"{an.where()}: a channel of width 1 is expanded")
+            exprs.append(("F", s))
+    paths, raw = _size_arg_paths(node)
+    for k, (path, a) in enumerate(zip(paths, raw)):
+        e = exprs[k]
+        if k >= lead and an.spaces_in(e) and not (isinstance(a, int) and a == -1):
+            an.const(path, e, "infer")
+    return TInfo(tuple(exprs), x.zm, out_shape)
+
+
+def _expand_as_channels(an, node, args, kwargs):
+    x, other = args[0], args[1]
+    out_shape = node.meta["shape"]
+    lead = len(out_shape) - x.ndim
+    exprs = []
+    for i, s in enumerate(out_shape):
+        oe = other.exprs[i]
+        if i >= lead and x.shape[i - lead] == s:
+            if s != 1:
+                an.unify(x.exprs[i - lead], oe)
+            exprs.append(oe if oe[0] != "F" else x.exprs[i - lead])
+        else:
+            if i >= lead and x.exprs[i - lead][0] != "F":
+                an.freeze(x.exprs[i - lead], f"{an.where()}: a channel of width 1 is expanded")
+            exprs.append(oe)
+    return TInfo(tuple(exprs), x.zm, out_shape)
+
+
+def _expand_as_shape(args, kwargs):
+    return TSpec(shp(args[1]), args[0].dtype)
+
+
+def _repeat_channels(an, node, args, kwargs):
+    x = args[0]
+    out_shape = node.meta["shape"]
+    reps = [int(r) for r in v(_sizes_from_args(args[1:], kwargs))]
+    lead = len(reps) - x.ndim
+    exprs = []
+    for i, r in enumerate(reps):
+        if i < lead:
+            exprs.append(("F", out_shape[i]))
+        elif r == 1:
+            exprs.append(x.exprs[i - lead])
+        else:
+            e = x.exprs[i - lead]
+            if e[0] != "F":
+                an.freeze(e, f"{an.where()}: channels are tiled")
+            exprs.append(("F", out_shape[i]))
+    return TInfo(tuple(exprs), x.zm, out_shape)
+
+
+def _reorder_freeze_channels(an, node, args, kwargs):
+    """flip/roll: positions along the named dims move; freeze channel dims among them."""
+    x = args[0]
+    dims = args[2] if node.target in ("roll", torch.roll) and len(args) > 2 else (
+        args[1] if len(args) > 1 else kwargs.get("dims"))
+    dims = list(range(x.ndim)) if dims is None else [norm_dim(d, x.ndim) for d in
+                                                      (v(dims) if isinstance(v(dims), list) else [v(dims)])]
+    for d in dims:
+        if x.exprs[d][0] != "F":
+            an.freeze(x.exprs[d], f"{an.where()}: reorders channels")
+    return TInfo(x.exprs, x.zm, x.shape)
+
+
+A._DATA_MOVEMENT_FUNCS.update({torch.reshape, torch.flatten, torch.unflatten, torch.squeeze, torch.unsqueeze,
+                               torch.permute, torch.transpose, torch.swapaxes, torch.swapdims, torch.t,
+                               torch.movedim, torch.moveaxis})
+register("view", "reshape", torch.reshape, shape=_view_shape, channels=_view_channels)
+register("view_as", "reshape_as", shape=lambda a, k: TSpec(shp(a[1]), a[0].dtype),
+         channels=_reshape_only_channels)
+register(torch.flatten, "flatten", shape=_flatten_shape, channels=_reshape_only_channels)
+register(nn.Flatten, shape=_mod_flatten_shape, channels=_mod_reshape_channels)
+register(torch.unflatten, "unflatten", shape=_unflatten_shape, channels=_unflatten_channels)
+register(nn.Unflatten, shape=_mod_unflatten_shape, channels=_mod_unflatten_channels)
+register(torch.squeeze, "squeeze", "squeeze_", shape=_squeeze_shape, channels=_squeeze_channels)
+register(torch.unsqueeze, "unsqueeze", "unsqueeze_", shape=_unsqueeze_shape, channels=_unsqueeze_channels)
+register(torch.permute, "permute", shape=_permute_shape, channels=_permute_channels)
+register(torch.transpose, "transpose", "transpose_", torch.swapaxes, torch.swapdims, "swapaxes", "swapdims",
+         shape=_transpose_shape, channels=_transpose_channels)
+register(torch.t, "t", shape=_t_shape, channels=_t_channels)
+register(torch.movedim, torch.moveaxis, "movedim", "moveaxis", shape=_movedim_shape, channels=_movedim_channels)
+register("expand", torch.broadcast_to, "broadcast_to", shape=_expand_shape, channels=_expand_channels)
+register("expand_as", shape=_expand_as_shape, channels=_expand_as_channels)
+register("repeat", shape=_repeat_shape, channels=_repeat_channels)
+register(torch.flip, "flip", torch.roll, "roll", shape=lambda a, k: TSpec(shp(a[0]), a[0].dtype),
+         channels=_reorder_freeze_channels)
+
+__all__ = ["reshape_exprs", "size_arg_slots", "is_tensor"]

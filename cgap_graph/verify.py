@@ -1,0 +1,433 @@
+"""Independent checks of a channel graph (the oracles of the design notes).
+
+- :func:`masked_vs_shrunk`: zeroing channels across a group and removing them give the same
+  outputs (for groups normalised by LayerNorm/GroupNorm, the masked reference computes those
+  statistics over the kept channels only, which is what removal means).
+- :func:`preserve_growth_diff`: duplicating channels with the ``preserve`` initialiser leaves
+  outputs unchanged.
+- :func:`perturbation_check`: for each producer (conv/linear output channel), add a large change
+  to one channel while every other channel-mixing layer is clamped to its baseline output, and
+  compare which consumer inputs change with the positions the groups predict. This does not use
+  the channel rules, only the graph's producers and consumers, so it catches a wrong coupling.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from .graph import ChannelGraph, trace
+from .surgery import apply_selection, mask_channels
+from .values import TInfo
+
+_MIXING_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+                   nn.Linear, nn.Embedding)
+_MIXING_FUNCS = {F.linear, F.conv1d, F.conv2d, F.conv3d, F.embedding}
+_CONTRACTIONS = {F.scaled_dot_product_attention, torch.matmul, torch.bmm, torch.einsum}
+
+
+def random_inputs(cg: ChannelGraph, batch: int = 2, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for spec in cg.input_specs:
+        shape = (batch, *spec.shape[1:])
+        if spec.dtype.is_floating_point:
+            out.append(torch.randn(shape, generator=g, dtype=spec.dtype))
+        else:
+            out.append(torch.randint(0, 8, shape, generator=g, dtype=spec.dtype))
+    return out
+
+
+def randomize_norm_stats(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give BatchNorm layers non-trivial statistics and affine parameters, so that a check
+    in eval mode is not blind to channel mix-ups (fresh BN layers are identities)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._NormBase):
+                if m.running_mean is not None:
+                    m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+                    m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+                if m.weight is not None:
+                    m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+            elif isinstance(m, (nn.LayerNorm, nn.GroupNorm)) and getattr(m, "weight", None) is not None:
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                if getattr(m, "bias", None) is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+    return model
+
+
+def _out(y: Any) -> torch.Tensor:
+    if isinstance(y, torch.Tensor):
+        return y
+    if isinstance(y, (tuple, list)):
+        return torch.cat([_out(t).flatten() for t in y])
+    if isinstance(y, dict):
+        return torch.cat([_out(t).flatten() for t in y.values()])
+    raise TypeError(type(y))
+
+
+class _MaskedStatsInterpreter(fx.Interpreter):
+    """Runs a masked model with LayerNorm/GroupNorm statistics taken over kept channels only."""
+
+    def __init__(self, cg: ChannelGraph, dropped: Mapping[int, np.ndarray]) -> None:
+        super().__init__(cg.module)
+        self.cg = cg
+        self.dropped = dropped
+
+    def _keep_mask(self, e, size) -> np.ndarray:
+        keep = np.ones(size, dtype=bool)
+        for space, drop in self.dropped.items():
+            ids = self.cg.an.t.unit_ids(e, space)
+            keep &= ~np.isin(ids, drop) | (ids < 0)
+        return keep
+
+    def call_module(self, target, args, kwargs):
+        mod = self.fetch_attr(target)
+        node = self._node
+        x = args[0]
+        if isinstance(mod, nn.LayerNorm) and len(mod.normalized_shape) == 1:
+            e = self.cg.an.vals[node.args[0]].exprs[-1]
+            keep = torch.as_tensor(self._keep_mask(e, x.shape[-1]))
+            xk = x[..., keep]
+            mean = xk.mean(-1, keepdim=True)
+            var = xk.var(-1, unbiased=False, keepdim=True)
+            y = (x - mean) / torch.sqrt(var + mod.eps)
+            if mod.weight is not None:
+                y = y * mod.weight
+            if mod.bias is not None:
+                y = y + mod.bias
+            return y
+        if isinstance(mod, nn.GroupNorm):
+            e = self.cg.an.vals[node.args[0]].exprs[1]
+            keep = torch.as_tensor(self._keep_mask(e, x.shape[1]))
+            n, c = x.shape[:2]
+            g = mod.num_groups
+            xs = x.reshape(n, g, c // g, -1)
+            km = keep.reshape(g, c // g)
+            y = torch.empty_like(xs)
+            for i in range(g):
+                xi = xs[:, i]
+                sel = xi[:, km[i]]
+                mean = sel.mean((1, 2), keepdim=True)
+                var = sel.var((1, 2), unbiased=False, keepdim=True)
+                y[:, i] = (xi - mean) / torch.sqrt(var + mod.eps)
+            y = y.reshape(x.shape)
+            if mod.affine:
+                shape = [1, c] + [1] * (x.dim() - 2)
+                y = y * mod.weight.view(shape) + mod.bias.view(shape)
+            return y
+        return super().call_module(target, args, kwargs)
+
+    def run_node(self, n):
+        self._node = n
+        return super().run_node(n)
+
+
+@torch.no_grad()
+def masked_vs_shrunk(model: nn.Module, input_shape: Sequence[int], gid: int, drop: Sequence[int],
+                     inputs: Sequence[torch.Tensor] | None = None, **trace_kw: Any) -> float:
+    """Max |masked - shrunk| over the outputs, removing channels ``drop`` of group ``gid``."""
+    masked = trace(model, input_shape, **trace_kw)
+    shrunk = trace(model, input_shape, **trace_kw)
+    inputs = list(inputs) if inputs is not None else random_inputs(masked)
+    g = masked.group(gid)
+    drop = np.asarray(sorted(set(int(i) for i in drop)), dtype=np.int64)
+    mask_channels(masked, {gid: drop})
+    masked.module.eval()
+    ref = _MaskedStatsInterpreter(masked, {g.space: drop}).run(*inputs) if g.prune_notes \
+        else masked.module(*inputs)
+    keep = [i for i in range(g.width) if i not in set(drop.tolist())]
+    apply_selection(shrunk, {gid: keep})
+    shrunk.module.eval()
+    out = shrunk.module(*inputs)
+    return float((_out(ref) - _out(out)).abs().max())
+
+
+@torch.no_grad()
+def preserve_growth_diff(model: nn.Module, input_shape: Sequence[int], selections: Mapping[int, Sequence[int]],
+                         inputs: Sequence[torch.Tensor] | None = None, **trace_kw: Any) -> float:
+    """Max |grown - original| with the ``preserve`` initialiser."""
+    cg = trace(model, input_shape, **trace_kw)
+    inputs = list(inputs) if inputs is not None else random_inputs(cg)
+    ref = _out(model(*inputs))
+    apply_selection(cg, selections, "preserve")
+    cg.module.eval()
+    return float((_out(cg.module(*inputs)) - ref).abs().max())
+
+
+# ---- oracle 4: perturbation ------------------------------------------------------------------------------
+def _is_mixing(cg: ChannelGraph, node: fx.Node) -> bool:
+    """A producer of a new channel space: its output is clamped during the check. Grouped
+    convolutions keep their groups coupled from input to output, so they stay live."""
+    if node.op == "call_module":
+        mod = cg.module.get_submodule(node.target)
+        return isinstance(mod, _MIXING_MODULES) and getattr(mod, "groups", 1) == 1
+    if node.op == "call_function" and node.target in _MIXING_FUNCS:
+        groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
+        return groups == 1
+    return False
+
+
+def _is_producer(cg: ChannelGraph, node: fx.Node) -> bool:
+    if node.op == "call_module":
+        return isinstance(cg.module.get_submodule(node.target), _MIXING_MODULES)
+    return node.op == "call_function" and node.target in _MIXING_FUNCS
+
+
+def _reach(start: fx.Node, clamped: set) -> set:
+    """Nodes whose values depend on ``start`` without passing through a clamped node."""
+    seen, stack = {start}, [start]
+    while stack:
+        n = stack.pop()
+        for u in n.users:
+            if (u.op == "call_method" and u.target == "size") or u.target is getattr:
+                continue  # reads the shape, not the values
+            if u not in seen:
+                seen.add(u)
+                if u not in clamped:
+                    stack.append(u)
+    return seen
+
+
+def _channel_dim(node: fx.Node, val: TInfo, cg: ChannelGraph) -> int | None:
+    """The dimension of a producer's output that holds its new channels."""
+    if node.op == "call_module":
+        mod = cg.module.get_submodule(node.target)
+        if isinstance(mod, (nn.Linear, nn.Embedding)):
+            return val.ndim - 1
+        return val.ndim - len(mod.kernel_size) - 1
+    if node.target in (F.linear, F.embedding):
+        return val.ndim - 1
+    return 1
+
+
+class _ClampInterpreter(fx.Interpreter):
+    """Replays a forward with every channel-mixing node's output fixed to its baseline value,
+    except one injected change; norms across channels use baseline statistics."""
+
+    def __init__(self, gm, base_out, stats, inject=None):
+        super().__init__(gm)
+        self.base_out = base_out
+        self.stats = stats
+        self.inject = inject
+        self.seen: dict[str, torch.Tensor] = {}
+        self.watch: set = set()
+
+    def run_node(self, n):
+        y = self._run(n)
+        if n in self.watch:
+            self.seen[n.name] = y
+        return y
+
+    def _run(self, n):
+        if n.name in self.base_out:
+            y = self.base_out[n.name]
+            if self.inject is not None and self.inject[0] == n.name:
+                # a change that varies over the other dimensions (a uniform shift can cancel,
+                # e.g. in softmax over keys)
+                y = y.clone()
+                _, dim, pos, delta = self.inject
+                idx = [slice(None)] * y.dim()
+                idx[dim] = pos
+                g = torch.Generator().manual_seed(1234)
+                y[tuple(idx)] += delta * torch.randn(y[tuple(idx)].shape, generator=g)
+            return y
+        if n.name in self.stats:
+            x = self.env[n.args[0]]
+            mean, std, mod = self.stats[n.name]
+            shape = mean.shape
+            y = (x.reshape(shape[0], shape[1], -1) - mean) / std
+            y = y.reshape(x.shape)
+            if isinstance(mod, nn.LayerNorm):
+                if mod.weight is not None:
+                    y = y * mod.weight
+                if mod.bias is not None:
+                    y = y + mod.bias
+            elif mod.affine:
+                view = [1, -1] + [1] * (x.dim() - 2)
+                y = y * mod.weight.view(view) + mod.bias.view(view)
+            return y
+        return super().run_node(n)
+
+
+def _baseline(cg: ChannelGraph, inputs) -> dict[str, torch.Tensor]:
+    env: dict[str, torch.Tensor] = {}
+
+    class Rec(fx.Interpreter):
+        def run_node(self, n):
+            y = super().run_node(n)
+            if isinstance(y, torch.Tensor):
+                env[n.name] = y
+            return y
+
+    Rec(cg.module).run(*inputs)
+    return env
+
+
+class _Baseline:
+    """Reference values for one random input: producer outputs, norm statistics, and every
+    node's value recomputed through the same clamped interpreter (so untouched paths compare
+    bit for bit)."""
+
+    def __init__(self, cg: ChannelGraph, seed: int, clamped: set, watch: set) -> None:
+        self.inputs = random_inputs(cg, batch=1, seed=seed)
+        env = _baseline(cg, self.inputs)
+        self.producer_out = {n.name: env[n.name] for n in cg.graph.nodes if n.name in env}
+        self.base_out = {n.name: env[n.name] for n in clamped}
+        self.stats = _layer_norm_free_stats(cg, env)
+        ref = _ClampInterpreter(cg.module, self.base_out, self.stats)
+        ref.watch = watch | set(cg.graph.nodes)
+        ref.run(*self.inputs)
+        self.ref = ref.seen
+
+
+@torch.no_grad()
+def perturbation_check(cg: ChannelGraph, positions_per_producer: int = 2, seed: int = 0) -> list[str]:
+    """Oracle 4 (see module docstring). Returns mismatches; empty means the groups agree.
+
+    "Unexpected" changes (a consumer changes that no shared group predicts) are always reported.
+    A "missing" change is re-tried with other inputs and perturbation sizes first: a channel that
+    a saturated activation silences for one input is coupled all the same."""
+    gm = cg.module
+    gm.eval()
+    t = cg.an.t
+    rng = np.random.default_rng(seed)
+    producers = [n for n in cg.graph.nodes if _is_producer(cg, n) and isinstance(cg.an.vals.get(n), TInfo)]
+    clamped = {n for n in producers if _is_mixing(cg, n)}
+    observed_at = []
+    for n in cg.graph.nodes:
+        if _is_mixing(cg, n) or (n.op == "call_function" and n.target in _CONTRACTIONS):
+            for a in n.args[:3] if n.target in _CONTRACTIONS else n.args[:1]:
+                if isinstance(a, fx.Node) and isinstance(cg.an.vals.get(a), TInfo):
+                    observed_at.append(a)
+        if n.op == "output":
+            for a in _flat_nodes(n.args[0]):
+                if isinstance(cg.an.vals.get(a), TInfo):
+                    observed_at.append(a)
+    observed_at = list(dict.fromkeys(observed_at))
+    obs_set = set(observed_at)
+    baselines: list[_Baseline] = []
+
+    def baseline(i: int) -> _Baseline:
+        while len(baselines) <= i:
+            baselines.append(_Baseline(cg, seed + len(baselines), clamped, obs_set))
+        return baselines[i]
+
+    problems: list[str] = []
+    for p in producers:
+        reach = _reach(p, clamped)
+        val = cg.an.vals[p]
+        cdim = _channel_dim(p, val, cg)
+        e = val.exprs[cdim]
+        leaves = set(t.leaves(e))
+        if not leaves:
+            continue
+        width = t.width(e)
+        for pos in rng.choice(width, size=min(positions_per_producer, width), replace=False):
+            units = {leaf: int(t.unit_ids(e, leaf)[pos]) for leaf in leaves}
+            preds = {o.name: (_predicted(t, cg.an.vals[o], units) if o in reach else None) for o in observed_at}
+            missing_at: dict[str, int] = {}
+            for attempt, scale in ((0, 10.0), (0, 0.1), (1, 10.0), (2, 1.0)):
+                b = baseline(attempt)
+                changed: dict[str, torch.Tensor] = {}
+                base = dict(b.base_out)
+                if p.name not in base:
+                    base[p.name] = b.producer_out[p.name]
+                for sign in (1.0, -1.0):
+                    interp = _ClampInterpreter(gm, base, b.stats, (p.name, cdim, int(pos), sign * scale))
+                    interp.watch = obs_set
+                    interp.run(*b.inputs)
+                    for name, y in interp.seen.items():
+                        c = y != b.ref[name]  # untouched paths recompute bit-identical values
+                        changed[name] = c if name not in changed else changed[name] | c
+                missing_at = {}
+                for o in observed_at:
+                    ov = cg.an.vals[o]
+                    got = changed[o.name]
+                    keep_dims = [d for d in range(ov.ndim) if t.has_space(ov.exprs[d])]
+                    other = tuple(d for d in range(ov.ndim) if d not in keep_dims)
+                    got_red = got.any(dim=other).numpy() if other else got.numpy()
+                    pred = preds[o.name]
+                    if pred is None:
+                        if got.any():
+                            problems.append(f"{p.name}[{pos}] changes {o.name}, which shares no group with it")
+                        continue
+                    extra = int((got_red & ~pred).sum())
+                    if extra:
+                        problems.append(f"{p.name}[{pos}] -> {o.name}: {extra} changed positions that no "
+                                        "group predicts")
+                    missing = int((pred & ~got_red).sum())
+                    if missing:
+                        missing_at[o.name] = missing
+                if not missing_at:
+                    break
+            for name, k in missing_at.items():
+                problems.append(f"{p.name}[{pos}] -> {name}: {k} predicted changes never observed")
+    return problems
+
+
+def _predicted(t, ov: TInfo, units: dict[int, int]) -> np.ndarray | None:
+    keep_dims = [d for d in range(ov.ndim) if t.has_space(ov.exprs[d])]
+    shared = [leaf for leaf in units if any(leaf in set(t.leaves(ov.exprs[d])) for d in keep_dims)]
+    if not shared:
+        return None
+    masks = []
+    for d in keep_dims:
+        e = ov.exprs[d]
+        m = np.ones(t.width(e), dtype=bool)
+        for leaf in shared:
+            ids = t.unit_ids(e, leaf)
+            if (ids >= 0).any():
+                m &= ids == units[leaf]
+        masks.append(m)
+    out = masks[0]
+    for m in masks[1:]:
+        out = np.logical_and.outer(out, m)
+    return out
+
+
+def _flat_nodes(a):
+    if isinstance(a, fx.Node):
+        yield a
+    elif isinstance(a, (tuple, list)):
+        for x in a:
+            yield from _flat_nodes(x)
+    elif isinstance(a, dict):
+        for x in a.values():
+            yield from _flat_nodes(x)
+
+
+def _layer_norm_free_stats(cg: ChannelGraph, env: dict) -> dict:
+    """Baseline statistics of norms that mix channels, as (mean, std, module) per node."""
+    stats = {}
+    for n in cg.graph.nodes:
+        if n.op != "call_module" or not isinstance(n.args[0], fx.Node):
+            continue
+        mod = cg.module.get_submodule(n.target)
+        x = env.get(n.args[0].name)
+        if x is None:
+            continue
+        if isinstance(mod, nn.LayerNorm):
+            k = len(mod.normalized_shape)
+            rows = int(np.prod(x.shape[:-k])) if x.dim() > k else 1
+            xs = x.reshape(rows, 1, -1)
+            stats[n.name] = (xs.mean(-1, keepdim=True), torch.sqrt(xs.var(-1, unbiased=False, keepdim=True) + mod.eps),
+                             mod)
+        elif isinstance(mod, nn.GroupNorm):
+            xs = x.reshape(x.shape[0], mod.num_groups, -1)
+            stats[n.name] = (xs.mean(-1, keepdim=True), torch.sqrt(xs.var(-1, unbiased=False, keepdim=True) + mod.eps),
+                             mod)
+    return stats
+
+
+__all__ = ["masked_vs_shrunk", "perturbation_check", "preserve_growth_diff", "random_inputs",
+           "randomize_norm_stats", "copy"]
