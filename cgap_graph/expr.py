@@ -422,9 +422,32 @@ class SpaceTable:
             if len(out) != len(sizes):  # width-1 sizes at the ends
                 return self._pad_ones(out, sizes, e, why)
             return out
-        # concat: only trivial factorisations keep it intact
+        # concat: only trivial factorisations keep it intact ...
         if sum(1 for k in sizes if k != 1) == 1:
             return [e if k != 1 else ("F", 1) for k in sizes]
+        # ... or n equal pieces viewed as (n, piece): the pieces must then change together
+        # (channel shuffle after a concat, ShuffleNetV2)
+        nontriv = [k for k in sizes if k != 1]
+        n = nontriv[0]
+        total = self.width(e)
+        if total % n == 0:
+            piece_w = total // n
+            cuts = {piece_w * (i + 1) for i in range(n)}
+            pieces = self._cut(e[1], cuts, why)
+            runs, cur, acc = [], [], 0
+            for p in pieces:
+                cur.append(p)
+                acc += self.width(p)
+                if acc == piece_w:
+                    runs.append(concat(cur))
+                    cur, acc = [], 0
+            if len(runs) == n:
+                for r in runs[1:]:
+                    self.unify(runs[0], r, f"{why} (equal pieces viewed as a product)")
+                lead = [("F", 1)] * sizes.index(n)
+                rest = sizes[sizes.index(n) + 1:]
+                tail = self.factor(runs[0], rest, why) if len(rest) > 1 else [runs[0]] if rest else []
+                return [*lead, ("F", n), *tail]
         self.freeze(e, f"{why}: a concatenation cannot be split into a product")
         return [("F", k) for k in sizes]
 

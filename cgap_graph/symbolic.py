@@ -23,12 +23,19 @@ class _State:
 state = _State()
 _HERE = __file__.rsplit("/", 1)[0]
 
+def is_internal_file(fn: str) -> bool:
+    """Frames of torch or of cgap-graph's machinery (the zoo models count as user code)."""
+    if fn.startswith(_HERE):
+        return not fn.startswith(_HERE + "/zoo/")
+    return "/torch/" in fn or "<frozen" in fn
+
+
 def _user_location() -> str:
     """file:line of the innermost frame outside torch and cgap_graph (for error messages)."""
     f = sys._getframe(1)
     while f is not None:
         fn = f.f_code.co_filename
-        if not fn.startswith(_HERE) and "/torch/" not in fn and "<frozen" not in fn:
+        if not is_internal_file(fn):
             return f"{fn}:{f.f_lineno}"
         f = f.f_back
     return "<unknown>"
@@ -124,15 +131,19 @@ _STATIC_FALSE = {"is_nested", "is_sparse", "is_quantized", "is_meta", "is_mkldnn
 class SymTensor:
     """A tensor during tracing: an fx node, a static shape and a dtype."""
 
-    __slots__ = ("node", "shape", "dtype", "__weakref__")
+    __slots__ = ("node", "_shape", "dtype", "__weakref__")
 
     def __init__(self, node: fx.Node, shape: tuple, dtype: torch.dtype) -> None:
         self.node = node
-        self.shape = shape
+        self._shape = shape  # static; user code reading x.shape gets symbolic sizes instead
         self.dtype = dtype
 
     def __repr__(self) -> str:
-        return f"SymTensor({self.node.name}, shape={self.shape}, dtype={self.dtype})"
+        return f"SymTensor({self.node.name}, shape={self._shape}, dtype={self.dtype})"
+
+    @property
+    def shape(self):
+        return state.tracer.size(self)
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
@@ -146,10 +157,10 @@ class SymTensor:
 
     @property
     def ndim(self) -> int:
-        return len(self.shape)
+        return len(self._shape)
 
     def dim(self) -> int:
-        return len(self.shape)
+        return len(self._shape)
 
     ndimension = dim
 

@@ -29,7 +29,16 @@ from torch import nn
 from .errors import InputShapeError, TraceError
 from .rules import registry as R
 from .rules.registry import TSpec
-from .symbolic import _NOT_TRACEABLE, _STATIC_FALSE, SymShape, SymTensor, SymValue, _user_location, state
+from .symbolic import (
+    _NOT_TRACEABLE,
+    _STATIC_FALSE,
+    SymShape,
+    SymTensor,
+    SymValue,
+    _user_location,
+    is_internal_file,
+    state,
+)
 
 _ORIG_CALL = nn.Module.__call__
 _ORIG_GETATTR = nn.Module.__getattr__
@@ -194,19 +203,21 @@ class Tracer:
     def _shape(self, rule: R.OpRule | None, what: str, call, args, kwargs, module=None):
         """Output spec from the op's shape rule; meta tensors when there is no rule or the rule
         does not cover this call (the node is then marked so the analysis treats it as opaque)."""
+        rule_exc = None
         if rule is not None and rule.shape is not None:
             try:
                 return rule.shape(module, args, kwargs) if module is not None else rule.shape(args, kwargs)
             except TraceError:
                 raise
-            except Exception:
-                pass
+            except Exception as exc:
+                rule_exc = exc
         try:
             spec = self._meta_shape(call, args, kwargs, module)
         except TraceError:
             raise
         except Exception as exc:
-            shapes = [a.shape for a in args if isinstance(a, SymTensor)]
+            shapes = [a._shape for a in args if isinstance(a, SymTensor)]
+            exc = rule_exc or exc  # the rule's message names the mismatch; meta's is vaguer
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             err = InputShapeError(f"{what} fails on inputs of shape {shapes} at {_user_location()}: {msg}")
             err.no_fallback = rule is not None  # a known op rejecting its input: the input is wrong
@@ -220,7 +231,7 @@ class Tracer:
             if name == "size":
                 return self.size(args[0], *args[1:], **kwargs)
             if name in ("dim", "ndimension"):
-                return len(args[0].shape)
+                return len(args[0]._shape)
             return self.call_method(name, args[0], args[1:], kwargs)
         return self.call_function(func, args, kwargs)
 
@@ -242,13 +253,13 @@ class Tracer:
         if d is None:
             d = kw.get("dim")
         if d is None:
-            return SymShape(self.size(t, i) for i in range(len(t.shape)))
+            return SymShape(self.size(t, i) for i in range(len(t._shape)))
         if isinstance(d, SymValue):
             d = d.value
-        d = R.norm_dim(d, len(t.shape))
+        d = R.norm_dim(d, len(t._shape))
         node = self.graph.create_node("call_method", "size", (t.node, d), {})
-        node.meta["value"] = t.shape[d]
-        return SymValue(node, t.shape[d], frozenset([(t.node, d)]))
+        node.meta["value"] = t._shape[d]
+        return SymValue(node, t._shape[d], frozenset([(t.node, d)]))
 
     def tensor_attr(self, t: SymTensor, name: str) -> Any:
         if name == "shape":
@@ -265,7 +276,7 @@ class Tracer:
         if name == "layout":
             return torch.strided
         if name == "T":
-            return self.call_method("permute", t, tuple(reversed(range(len(t.shape)))), {})
+            return self.call_method("permute", t, tuple(reversed(range(len(t._shape)))), {})
         if name == "mT":
             return self.call_method("transpose", t, (-2, -1), {})
         if name == "data":
@@ -339,7 +350,7 @@ class Tracer:
         def to_meta(a):
             t = type(a)
             if t is SymTensor:
-                return torch.empty(a.shape, dtype=a.dtype, device="meta")
+                return torch.empty(a._shape, dtype=a.dtype, device="meta")
             if t is SymValue:
                 return a.value
             if isinstance(a, torch.Tensor):
@@ -485,6 +496,6 @@ def trace_module(model: nn.Module, input_specs: Sequence[TSpec], leaf_modules: S
 def _innermost_user_frame(exc: BaseException) -> str:
     tb = traceback.extract_tb(exc.__traceback__)
     for fr in reversed(tb):
-        if not fr.filename.startswith(_HERE) and "/torch/" not in fr.filename:
+        if not is_internal_file(fr.filename):
             return f"{fr.filename}:{fr.lineno}"
     return "<unknown>"

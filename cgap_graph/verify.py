@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,11 +34,12 @@ _MIXING_FUNCS = {F.linear, F.conv1d, F.conv2d, F.conv3d, F.embedding}
 _CONTRACTIONS = {F.scaled_dot_product_attention, torch.matmul, torch.bmm, torch.einsum}
 
 
-def random_inputs(cg: ChannelGraph, batch: int = 2, seed: int = 0) -> list[torch.Tensor]:
+def random_inputs(cg: ChannelGraph, batch: int | None = None, seed: int = 0) -> list[torch.Tensor]:
+    """Random inputs of the traced shapes (``batch`` replaces dim 0 when given)."""
     g = torch.Generator().manual_seed(seed)
     out = []
     for spec in cg.input_specs:
-        shape = (batch, *spec.shape[1:])
+        shape = spec.shape if batch is None else (batch, *spec.shape[1:])
         if spec.dtype.is_floating_point:
             out.append(torch.randn(shape, generator=g, dtype=spec.dtype))
         else:
@@ -183,14 +185,24 @@ def _is_producer(cg: ChannelGraph, node: fx.Node) -> bool:
     return node.op == "call_function" and node.target in _MIXING_FUNCS
 
 
-def _reach(start: fx.Node, clamped: set) -> set:
-    """Nodes whose values depend on ``start`` without passing through a clamped node."""
+def _reach(start: fx.Node, clamped: set, t=None, vals=None, units=None) -> set:
+    """Nodes whose values depend on ``start`` without passing through a clamped node. With
+    ``units``, a piece taken out of a tensor (split, chunk, slice) is followed only if its
+    layout holds every group of the perturbed position (q, k and v cut from one projection
+    share the head group, but a change in q does not flow into k)."""
+    import operator
     seen, stack = {start}, [start]
     while stack:
         n = stack.pop()
         for u in n.users:
             if (u.op == "call_method" and u.target == "size") or u.target is getattr:
                 continue  # reads the shape, not the values
+            if units and u.target is operator.getitem and isinstance(vals.get(u), TInfo):
+                have = set()
+                for e in vals[u].exprs:
+                    have |= t.written_leaves(e)
+                if not set(units) <= have:
+                    continue
             if u not in seen:
                 seen.add(u)
                 if u not in clamped:
@@ -279,7 +291,7 @@ class _Baseline:
     bit for bit)."""
 
     def __init__(self, cg: ChannelGraph, seed: int, clamped: set, watch: set) -> None:
-        self.inputs = random_inputs(cg, batch=1, seed=seed)
+        self.inputs = random_inputs(cg, seed=seed)
         env = _baseline(cg, self.inputs)
         self.producer_out = {n.name: env[n.name] for n in cg.graph.nodes if n.name in env}
         self.base_out = {n.name: env[n.name] for n in clamped}
@@ -290,13 +302,29 @@ class _Baseline:
         self.ref = ref.seen
 
 
-@torch.no_grad()
-def perturbation_check(cg: ChannelGraph, positions_per_producer: int = 2, seed: int = 0) -> list[str]:
-    """Oracle 4 (see module docstring). Returns mismatches; empty means the groups agree.
+@dataclass
+class PerturbationReport:
+    """Findings of :func:`perturbation_check`.
 
-    "Unexpected" changes (a consumer changes that no shared group predicts) are always reported.
-    A "missing" change is re-tried with other inputs and perturbation sizes first: a channel that
-    a saturated activation silences for one input is coupled all the same."""
+    ``unexpected``: a consumer input changed where no group predicts it (coupling the analysis
+    missed: surgery could break the model). ``missing``: a group predicts a change that never
+    happened (coupling stricter than needed: safe, but it limits what can be pruned)."""
+
+    unexpected: list[str]
+    missing: list[str]
+    checked: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.unexpected and not self.missing
+
+
+@torch.no_grad()
+def perturbation_check(cg: ChannelGraph, positions_per_producer: int = 2, seed: int = 0) -> PerturbationReport:
+    """Oracle 4 (see module docstring).
+
+    A predicted change that is not observed is re-tried with other inputs and perturbation sizes
+    first: a channel that a saturated activation silences for one input is coupled all the same."""
     gm = cg.module
     gm.eval()
     t = cg.an.t
@@ -323,17 +351,20 @@ def perturbation_check(cg: ChannelGraph, positions_per_producer: int = 2, seed: 
         return baselines[i]
 
     problems: list[str] = []
+    missing_list: list[str] = []
+    checked = 0
     for p in producers:
-        reach = _reach(p, clamped)
         val = cg.an.vals[p]
         cdim = _channel_dim(p, val, cg)
         e = val.exprs[cdim]
         leaves = set(t.leaves(e))
-        if not leaves:
-            continue
+        if not leaves or leaves & set(t.frozen):
+            continue  # only fully resizable channels: frozen ones never change width
         width = t.width(e)
         for pos in rng.choice(width, size=min(positions_per_producer, width), replace=False):
             units = {leaf: int(t.unit_ids(e, leaf)[pos]) for leaf in leaves}
+            units = {leaf: u for leaf, u in units.items() if u >= 0}
+            reach = _reach(p, clamped, t, cg.an.vals, _written_at(t, e, int(pos)))
             preds = {o.name: (_predicted(t, cg.an.vals[o], units) if o in reach else None) for o in observed_at}
             missing_at: dict[str, int] = {}
             for attempt, scale in ((0, 10.0), (0, 0.1), (1, 10.0), (2, 1.0)):
@@ -352,10 +383,16 @@ def perturbation_check(cg: ChannelGraph, positions_per_producer: int = 2, seed: 
                 missing_at = {}
                 for o in observed_at:
                     ov = cg.an.vals[o]
+                    if not any(t.has_space(ex) for ex in ov.exprs):
+                        continue  # no channel dimension: nothing positional to compare
+                    if any(leaf in t.frozen for ex in ov.exprs for leaf in t.leaves(ex)):
+                        continue  # a layout with frozen groups: nothing there can change width
+                    checked += 1
                     got = changed[o.name]
                     keep_dims = [d for d in range(ov.ndim) if t.has_space(ov.exprs[d])]
                     other = tuple(d for d in range(ov.ndim) if d not in keep_dims)
                     got_red = got.any(dim=other).numpy() if other else got.numpy()
+                    got_red = got_red & _live_mask(t, ov)  # ignore positions of frozen groups
                     pred = preds[o.name]
                     if pred is None:
                         if got.any():
@@ -371,8 +408,56 @@ def perturbation_check(cg: ChannelGraph, positions_per_producer: int = 2, seed: 
                 if not missing_at:
                     break
             for name, k in missing_at.items():
-                problems.append(f"{p.name}[{pos}] -> {name}: {k} predicted changes never observed")
-    return problems
+                missing_list.append(f"{p.name}[{pos}] -> {name}: {k} predicted changes never observed")
+    return PerturbationReport(list(dict.fromkeys(problems)), missing_list, checked)
+
+
+def _written_at(t, e, pos: int) -> set:
+    """Written ids of the leaves that position ``pos`` of layout ``e`` belongs to."""
+    e0 = e
+    out = set()
+
+    def walk(x, p):
+        tag = x[0]
+        if tag == "S":
+            r = t.find(x[1])
+            ref = t._refined.get(r)
+            if ref is None:
+                out.add(x[1])
+            else:
+                walk(ref, p)
+        elif tag == "C":
+            for part in x[1]:
+                w = t.width(part)
+                if p < w:
+                    walk(part, p)
+                    return
+                p -= w
+        elif tag == "P":
+            widths = [t.width(f) for f in x[1]]
+            for f, w in zip(reversed(x[1]), reversed(widths)):
+                walk(f, p % w)
+                p //= w
+    walk(e0, pos)
+    return out
+
+
+def _live_mask(t, ov: TInfo) -> np.ndarray:
+    keep_dims = [d for d in range(ov.ndim) if t.has_space(ov.exprs[d])]
+    masks = []
+    for d in keep_dims:
+        e = ov.exprs[d]
+        m = np.zeros(t.width(e), dtype=bool)
+        for leaf in set(t.leaves(e)):
+            if leaf not in t.frozen:
+                m |= t.unit_ids(e, leaf) >= 0
+        masks.append(m)
+    if not masks:
+        return np.ones((), dtype=bool)
+    out = masks[0]
+    for m in masks[1:]:
+        out = np.logical_and.outer(out, m)
+    return out
 
 
 def _predicted(t, ov: TInfo, units: dict[int, int]) -> np.ndarray | None:

@@ -61,7 +61,7 @@ def conv_out_shape(in_shape, out_channels, kernel, stride, padding, dilation, tr
 
 def _conv_mod_shape(mod, args, kwargs):
     x = args[0]
-    s = x.shape
+    s = shp(x)
     nsp = len(mod.kernel_size)
     if len(s) not in (nsp + 1, nsp + 2):
         raise RuntimeError(f"expected a {nsp + 2}-d input, got shape {s}")

@@ -19,7 +19,8 @@ def is_tensor(x: Any) -> bool:
 
 
 def shp(x: Any) -> tuple:
-    return tuple(x.shape)
+    """Static shape of a traced tensor (or of a real tensor / spec)."""
+    return x._shape if type(x) is SymTensor else tuple(x.shape)
 
 
 def v(x: Any) -> Any:
