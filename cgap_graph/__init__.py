@@ -6,9 +6,9 @@
 """
 
 from . import rules as _rules  # noqa: F401
-from .rules import all as _all_rules  # noqa: F401  (registers every op rule)
 from .errors import CgapError, InputShapeError, ModelLoadError, SurgeryError, TraceError
 from .graph import ChannelGraph, Group, Member, trace
+from .rules import all as _all_rules  # noqa: F401  (registers every op rule)
 
 __version__ = "0.1.0"
 

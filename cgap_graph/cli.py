@@ -6,7 +6,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import torch
 import typer
@@ -34,8 +33,9 @@ _DTYPES = {"float": torch.float32, "float32": torch.float32, "float16": torch.fl
 
 
 def parse_shape(text: str) -> tuple[int, ...]:
+    sep = "x" if "x" in text and "," not in text else ","
     try:
-        shape = tuple(int(p) for p in text.replace("x", ",").split(",") if p.strip())
+        shape = tuple(int(p) for p in text.split(sep))
     except ValueError:
         raise InputShapeError(f"--input-shape '{text}' is invalid: give comma-separated positive integers, "
                               "e.g. 1,3,32,32") from None
@@ -91,18 +91,18 @@ def _load_and_trace(model: str, input_shape: list[str] | None, input_dtype: list
 @app.command()
 def inspect(
     model: str = typer.Argument(..., help="Zoo name or model file."),
-    input_shape: Optional[list[str]] = typer.Option(
+    input_shape: list[str] | None = typer.Option(
         None, "--input-shape", "-s", help="Input shape, e.g. 1,3,32,32 (repeat for several inputs). "
         "Zoo models and cgap-graph files know theirs."),
-    input_dtype: Optional[list[str]] = typer.Option(None, "--input-dtype", help="float (default) or long (token ids)."),
-    arch: Optional[str] = typer.Option(None, "--arch", help="module:factory that builds the architecture of a "
+    input_dtype: list[str] | None = typer.Option(None, "--input-dtype", help="float (default) or long (token ids)."),
+    arch: str | None = typer.Option(None, "--arch", help="module:factory that builds the architecture of a "
                                        "state-dict file (imported from the current directory)."),
-    arch_kwargs: Optional[str] = typer.Option(None, "--arch-kwargs", help="JSON keyword arguments for --arch."),
+    arch_kwargs: str | None = typer.Option(None, "--arch-kwargs", help="JSON keyword arguments for --arch."),
     trust: bool = typer.Option(False, "--trust", help="Allow loading a pickled model (this runs code from the file)."),
     width: float = typer.Option(1.0, "--width", help="Width multiplier for zoo models."),
-    leaf: Optional[list[str]] = typer.Option(None, "--leaf", help="Keep this submodule opaque (its groups freeze)."),
+    leaf: list[str] | None = typer.Option(None, "--leaf", help="Keep this submodule opaque (its groups freeze)."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
-    graph: Optional[Path] = typer.Option(None, "--graph", help="Write the channel graph as GraphML to this file."),
+    graph: Path | None = typer.Option(None, "--graph", help="Write the channel graph as GraphML to this file."),
     verify: bool = typer.Option(False, "--verify", help="Check every group by perturbing producers (slow)."),
 ):
     """Trace MODEL and print its channel groups, parameters and FLOPs.

@@ -244,8 +244,9 @@ class ChannelGraph:
         return g
 
     def write_graphml(self, path: str) -> None:
-        from .io_utils import atomic_write_bytes
         import io
+
+        from .io_utils import atomic_write_bytes
         buf = io.BytesIO()
         nx.write_graphml(self.to_networkx(), buf)
         atomic_write_bytes(path, buf.getvalue())

@@ -76,9 +76,11 @@ def _torch_load(path: Path, weights_only: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=weights_only)
     except pickle.UnpicklingError as exc:
-        if weights_only and "weights_only" in str(exc).lower() or "Weights only load failed" in str(exc):
+        # a well-formed pickle of objects (a whole model) names the classes it needs; anything
+        # else failing here (a text file, random bytes) is simply not a model file
+        if weights_only and "Unsupported global" in str(exc):
             raise _NeedsTrust() from None
-        raise ModelLoadError(f"{path} is not a PyTorch model file ({str(exc).splitlines()[0]})") from None
+        raise ModelLoadError(f"{path} is not a PyTorch model file or is corrupt (unreadable pickle)") from None
     except PermissionError:
         raise ModelLoadError(f"cannot read {path}: permission denied") from None
     except Exception as exc:  # any other failure: not a torch file, truncated, damaged
@@ -100,8 +102,10 @@ def load_model(model: str, *, arch: str | None = None, arch_kwargs: dict[str, An
         if name in zoo.ZOO:
             if not width > 0:
                 raise ModelLoadError(f"--width must be > 0, got {width}")
-            return LoadedModel(zoo.build(name, width=width), "zoo", zoo.input_shape(name), {"zoo": name, "width": width})
-        raise ModelLoadError(f"no file '{model}' and no zoo model of that name; zoo models: {', '.join(zoo.names())}")
+            return LoadedModel(zoo.build(name, width=width), "zoo", zoo.input_shape(name),
+                               {"zoo": name, "width": width})
+        raise ModelLoadError(f"no file '{model}' and no zoo model of that name; zoo models: "
+                             f"{', '.join(zoo.names())}")
     if path.is_dir():
         raise ModelLoadError(f"{model} is a directory; give a model file")
     if arch is not None:
@@ -127,19 +131,7 @@ def load_model(model: str, *, arch: str | None = None, arch_kwargs: dict[str, An
     try:
         obj = _torch_load(path, weights_only=True)
     except _NeedsTrust:
-        if not trust:
-            raise ModelLoadError(
-                f"{model} is a pickled model: loading it runs code from the file. If you trust it, add "
-                "--trust (trust=True); otherwise save model.state_dict() and pass --arch module:factory") from None
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelLoadError(f"cannot unpickle {model}: {type(exc).__name__}: {msg} (is the model's class "
-                                 "importable from here?)") from None
-        if isinstance(obj, nn.Module):
-            return LoadedModel(obj.eval(), "pickle")
-        raise ModelLoadError(f"{model} holds a {type(obj).__name__}, not a torch.nn.Module")
+        obj = _load_trusted_pickle(path, model, trust)
     if isinstance(obj, dict) and obj.get("format") == serialize.FORMAT:
         try:
             gm, meta = serialize.from_payload(obj)
@@ -153,6 +145,22 @@ def load_model(model: str, *, arch: str | None = None, arch_kwargs: dict[str, An
         raise ModelLoadError(f"{model} holds only weights (a state dict); say which architecture they belong to "
                              "with --arch module:factory")
     raise ModelLoadError(f"{model} holds a {type(obj).__name__}, not a model")
+
+
+def _load_trusted_pickle(path: Path, model: str, trust: bool) -> nn.Module:
+    if not trust:
+        raise ModelLoadError(
+            f"{model} is a pickled model: loading it runs code from the file. If you trust it, add "
+            "--trust (trust=True); otherwise save model.state_dict() and pass --arch module:factory")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"cannot unpickle {model}: {type(exc).__name__}: {msg} (is the model's class "
+                             "importable from here?)") from None
+    if not isinstance(obj, nn.Module):
+        raise ModelLoadError(f"{model} holds a {type(obj).__name__}, not a torch.nn.Module")
+    return obj
 
 
 def _load_state(net: nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:

@@ -103,7 +103,8 @@ def print_inspect(cg: ChannelGraph, title: str, console: Console, extra_lines: l
         table.add_row(str(row["id"]), str(row["width"]), shown, status)
     console.print(table)
     if s["unknown_ops"]:
-        console.print(f"[yellow]{len(s['unknown_ops'])} op(s) without a channel rule froze the groups they touch:[/yellow]")
+        n = len(s["unknown_ops"])
+        console.print(f"[yellow]{n} op(s) without a channel rule froze the groups they touch:[/yellow]")
         for u in s["unknown_ops"][:20]:
             console.print(f"  {u['op']} (node {u['node']}): {u['reason']}")
     if s["opaque_modules"]:

@@ -184,7 +184,8 @@ def to_payload(gm: fx.GraphModule, meta: dict[str, Any] | None = None) -> dict[s
         elif n.op == "call_module":
             if target not in modules:
                 modules[target] = module_spec(gm.get_submodule(target))
-        nodes.append({"name": n.name, "op": n.op, "target": target, "args": _enc(n.args), "kwargs": _enc(dict(n.kwargs))})
+        nodes.append({"name": n.name, "op": n.op, "target": target, "args": _enc(n.args),
+                      "kwargs": _enc(dict(n.kwargs))})
     state = {k: v.detach().cpu().clone() for k, v in gm.state_dict().items()}
     consts = {}
     for n in gm.graph.nodes:

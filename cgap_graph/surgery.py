@@ -184,10 +184,10 @@ def apply_selection(cg: ChannelGraph, selections: Mapping[int, Sequence[int]],
     group is frozen, an index is out of range, or the result does not validate.
     """
     an, t = cg.an, cg.an.t
+    if isinstance(init, str) and init not in INITIALIZERS:
+        raise SurgeryError(f"unknown initialiser '{init}'; choose one of {', '.join(sorted(INITIALIZERS))}")
     gm = cg.module
     initializer = INITIALIZERS[init] if isinstance(init, str) else init
-    if isinstance(init, str) and init not in INITIALIZERS:
-        raise SurgeryError(f"unknown initialiser '{init}'; choose one of {sorted(INITIALIZERS)}")
     sel: dict[int, np.ndarray] = {}
     counts: dict[int, np.ndarray] = {}
     widths_before = {g.id: g.width for g in cg.groups}
@@ -261,16 +261,16 @@ def apply_selection(cg: ChannelGraph, selections: Mapping[int, Sequence[int]],
         for c in an.const_slots:
             _apply_const(c, nodes[c.node], t, touched, undo)
         _refresh_shapes(cg)
-        undo.append(lambda: _refresh_shapes(cg))
         cg.refresh_groups()
-        undo.append(cg.refresh_groups)
         gm.recompile()
-        undo.append(gm.recompile)
         if validate:
             _validate(cg)
     except Exception as exc:
         for u in reversed(undo):
             u()
+        _refresh_shapes(cg)  # derived state follows the restored widths
+        cg.refresh_groups()
+        gm.recompile()
         if isinstance(exc, CgapError):
             raise
         raise SurgeryError(f"the resized model does not validate: {str(exc).splitlines()[0]}") from exc

@@ -187,6 +187,8 @@ class Tracer:
             for i, s in enumerate(spec):
                 g = self.graph.create_node("call_function", operator.getitem, (node, i), {})
                 out.append(self._wrap(g, s))
+            if isinstance(spec, R.NamedSpecs) and spec.cls is not None:
+                return spec.cls(out)  # x.max(1).values works as in eager mode
             return type(spec)(out) if type(spec) in (tuple, list) else tuple(out)
         node.meta["value"] = spec
         return spec
@@ -212,7 +214,14 @@ class Tracer:
             except Exception as exc:
                 rule_exc = exc
         try:
-            spec = self._meta_shape(call, args, kwargs, module)
+            try:
+                spec = self._meta_shape(call, args, kwargs, module)
+            except TraceError:
+                raise
+            except Exception:
+                # data-dependent code (x.item(), nonzero) cannot run on meta tensors: run it
+                # for real on random inputs of the right shapes, only to learn its output shape
+                spec = self._meta_shape(call, args, kwargs, module, real=True)
         except TraceError:
             raise
         except Exception as exc:
@@ -346,15 +355,18 @@ class Tracer:
             self.module_stack.pop()
 
     # ---- shapes for ops without a rule ----------------------------------------------------------
-    def _meta_shape(self, call, args, kwargs, module=None):
+    def _meta_shape(self, call, args, kwargs, module=None, real=False):
         def to_meta(a):
             t = type(a)
             if t is SymTensor:
+                if real:
+                    return (torch.randn(a._shape, dtype=a.dtype) if a.dtype.is_floating_point
+                            else torch.zeros(a._shape, dtype=a.dtype))
                 return torch.empty(a._shape, dtype=a.dtype, device="meta")
             if t is SymValue:
                 return a.value
             if isinstance(a, torch.Tensor):
-                return a.to("meta")
+                return a if real else a.to("meta")
             if t in (list, tuple) or isinstance(a, tuple):
                 return type(a)(to_meta(x) for x in a) if t in (list, tuple) else tuple(to_meta(x) for x in a)
             if t is dict:
@@ -363,7 +375,7 @@ class Tracer:
 
         margs, mkwargs = to_meta(args), to_meta(kwargs)
         if module is not None:
-            params = {k: v.to("meta") for k, v in
+            params = {k: (v if real else v.to("meta")) for k, v in
                       list(module.named_parameters()) + list(module.named_buffers())}
             saved, state.tracer = state.tracer, None  # run the module for real (on meta), not traced
             nn.Module.__call__, nn.Module.__getattr__ = _ORIG_CALL, _ORIG_GETATTR
@@ -381,7 +393,10 @@ def _spec_of(out: Any) -> Any:
     if isinstance(out, torch.Tensor):
         return TSpec(out.shape, out.dtype)
     if isinstance(out, (tuple, list)):
-        return tuple(_spec_of(o) for o in out)
+        specs = tuple(_spec_of(o) for o in out)
+        if type(out).__module__ == "torch.return_types":
+            return R.NamedSpecs(specs, type(out))
+        return specs
     return out
 
 

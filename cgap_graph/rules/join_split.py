@@ -16,8 +16,8 @@ import torch.fx as fx
 import torch.nn.functional as F
 
 from .. import analysis as A
-from ..values import SizeV, TInfo
 from ..expr import concat
+from ..values import SizeV, TInfo
 from .registry import TSpec, norm_dim, register
 from .util import F1, is_tensor, shp, v
 
@@ -331,7 +331,7 @@ register(operator.getitem, shape=_getitem_shape, channels=_getitem_channels)
 
 
 def _narrow_shape(args, kwargs):
-    x, dim, start, length = args[0], v(args[1]), v(args[2]), v(args[3])
+    x, dim, _start, length = args[0], v(args[1]), v(args[2]), v(args[3])
     s = list(shp(x))
     s[norm_dim(dim, len(s))] = int(length)
     return TSpec(s, x.dtype)

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..values import TInfo
-from .registry import TSpec, norm_dim, register
 from .elementwise import _add_like, _bcast_shape
+from .registry import NamedSpecs, TSpec, norm_dim, register
 from .util import is_tensor, shp, v
 
 # function -> (name of its dim argument, position of dim, position of keepdim)
@@ -53,12 +53,15 @@ def _reduce_shape_fn(name):
         dim, keep = _parse(name, args, kwargs)
         s = shp(x)
         dims = _reduced_dims(dim, len(s))
-        out = [1 if i in dims else k for i, k in enumerate(s)] if keep else [k for i, k in enumerate(s) if i not in dims]
+        if keep:
+            out = [1 if i in dims else k for i, k in enumerate(s)]
+        else:
+            out = [k for i, k in enumerate(s) if i not in dims]
         dtype = torch.int64 if name in ("argmax", "argmin", "count_nonzero") else (
             torch.bool if name in ("any", "all") else x.dtype)
         spec = TSpec(out, dtype)
         if name in ("max", "min", "median") and dim is not None:
-            return (spec, TSpec(out, torch.int64))
+            return NamedSpecs((spec, TSpec(out, torch.int64)), getattr(torch.return_types, name))
         return spec
     return shape
 

@@ -27,6 +27,17 @@ class TSpec:
         return f"TSpec({self.shape}, {self.dtype})"
 
 
+class NamedSpecs(tuple):
+    """Specs of an op returning a named tuple (``torch.return_types.max`` ...)."""
+
+    cls: Any = None
+
+    def __new__(cls, specs, result_type):
+        obj = super().__new__(cls, specs)
+        obj.cls = result_type
+        return obj
+
+
 @dataclass
 class OpRule:
     shape: Callable[..., Any] | None = None
@@ -63,7 +74,7 @@ def module_rule(mod: nn.Module) -> OpRule | None:
         return rule
     for base in cls.__mro__[1:]:
         rule = MODULES.get(base)
-        if rule is not None and getattr(cls, "forward") is getattr(base, "forward"):
+        if rule is not None and cls.forward is base.forward:
             return rule
     return None
 

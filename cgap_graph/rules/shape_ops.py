@@ -13,12 +13,12 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 import torch.fx as fx
+from torch import nn
 
 from .. import analysis as A
-from ..values import TInfo
 from ..expr import product
+from ..values import TInfo
 from .registry import TSpec, norm_dim, register
 from .util import F1, is_tensor, shp, v
 

@@ -1,0 +1,110 @@
+"""The oracles of the design notes, on every group of every zoo model and coupling model.
+
+1. masked == shrunk: zeroing a random subset of a group's channels (producers, biases, norm
+   affine parameters) and removing them give the same outputs, max abs diff <= 1e-5. Groups
+   normalised by LayerNorm/GroupNorm compare against a masked model whose norm statistics
+   skip the removed channels (what removal means for them).
+2. preserve growth: duplicating random channels with the Net2Wider initialiser leaves outputs
+   unchanged (<= 1e-5). For groups normalised across channels, partial duplication is flagged
+   inexact and a uniform 2x duplication is exact.
+4. perturbation agreement: no producer change reaches a consumer position that the groups do
+   not predict, and every predicted change happens.
+
+Zoo models run at reduced width (the coupling structure does not depend on it) so the suite
+stays fast; benchmarks use full widths.
+"""
+
+import numpy as np
+import pytest
+from coupling_models import MODELS
+
+import cgap_graph as cg
+from cgap_graph import zoo
+from cgap_graph.verify import masked_vs_shrunk, perturbation_check, preserve_growth_diff, randomize_norm_stats
+
+TOL = 1e-5
+ZOO_WIDTH = {"vgg16": 0.25, "vgg19": 0.25, "resnet56": 0.5, "resnet110": 0.25, "densenet": 0.5}
+# Over-coupling the check may report (safe: it restricts pruning, it never breaks a model).
+ALLOWED_MISSING = {
+    "channel_shuffle": "a shuffle after a concat couples the two halves unit by unit, so each unit "
+                       "spans one channel from each branch; changing one branch changes one of them",
+}
+
+
+def _cases():
+    for name in zoo.names():
+        yield pytest.param(("zoo", name), id=f"zoo-{name}")
+    for name in MODELS:
+        yield pytest.param(("coupling", name), id=name)
+
+
+def _build(case):
+    kind, name = case
+    if kind == "zoo":
+        return randomize_norm_stats(zoo.build(name, width=ZOO_WIDTH.get(name, 1.0))).eval(), \
+            zoo.input_shape(name), {}
+    factory, shape, dtype = MODELS[name]
+    return randomize_norm_stats(factory()).eval(), shape, {"input_dtype": dtype}
+
+
+@pytest.mark.parametrize("case", list(_cases()))
+def test_masked_equals_shrunk_every_group(case):
+    model, shape, kw = _build(case)
+    g = cg.trace(model, shape, **kw)
+    rng = np.random.default_rng(0)
+    checked = 0
+    for grp in g.groups:
+        if not grp.prunable:
+            continue
+        drop = rng.choice(grp.width, size=rng.integers(1, grp.width), replace=False)
+        diff = masked_vs_shrunk(model, shape, grp.id, drop, **kw)
+        assert diff <= TOL, f"group {grp.id} ({grp.status()}): masked vs shrunk differ by {diff:.2e}"
+        checked += 1
+    assert checked > 0
+
+
+@pytest.mark.parametrize("case", list(_cases()))
+def test_preserve_growth_every_group(case):
+    model, shape, kw = _build(case)
+    g = cg.trace(model, shape, **kw)
+    rng = np.random.default_rng(1)
+    for grp in g.groups:
+        if not grp.growable:
+            continue
+        if grp.grow_notes:
+            sel = list(range(grp.width)) * 2  # uniform duplication keeps cross-channel statistics
+        else:
+            sel = list(range(grp.width)) + list(rng.integers(0, grp.width, size=max(1, grp.width // 2)))
+        diff = preserve_growth_diff(model, shape, {grp.id: sel}, **kw)
+        assert diff <= TOL, f"group {grp.id} ({grp.status()}): preserve growth changed outputs by {diff:.2e}"
+
+
+@pytest.mark.parametrize("case", list(_cases()))
+def test_groups_agree_with_perturbation(case):
+    model, shape, kw = _build(case)
+    g = cg.trace(model, shape, **kw)
+    report = perturbation_check(g)
+    assert report.unexpected == []
+    if case[1] != "shuffle_grouped_v1":  # every producer there touches a frozen group
+        assert report.checked > 0
+    if case[1] not in ALLOWED_MISSING:
+        assert report.missing == []
+
+
+def test_partial_duplication_under_layernorm_is_flagged_and_not_exact():
+    model = randomize_norm_stats(zoo.build("vit", width=0.5)).eval()
+    g = cg.trace(model, zoo.input_shape("vit"))
+    stream = next(grp for grp in g.groups if grp.grow_notes)
+    assert any("LayerNorm" in n for n in stream.grow_notes)
+    diff = preserve_growth_diff(model, zoo.input_shape("vit"), {stream.id: list(range(stream.width)) + [0]})
+    assert diff > 1e-4  # the note is true: statistics over the stream change
+
+
+def test_grouped_conv_after_shuffle_freezes_with_reason():
+    """ShuffleNet v1: the grouped conv after a shuffle sees channels of every earlier group, so no
+    selection keeps its groups even; those groups freeze and name the conv, the rest stays."""
+    factory, shape, _ = MODELS["shuffle_grouped_v1"]
+    g = cg.trace(factory(), shape)
+    frozen = [grp for grp in g.groups if grp.frozen and "gconv2" in grp.frozen]
+    assert frozen and any("factorisations" in grp.frozen for grp in frozen)
+    assert any(grp.resizable for grp in g.groups)
