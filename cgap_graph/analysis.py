@@ -69,9 +69,9 @@ class Analyzer:
         self.node: fx.Node | None = None
 
     # ---- helpers for rules ---------------------------------------------------------------
-    def where(self, node: fx.Node | None = None) -> str:
-        node = node or self.node
-        return f"{describe_target(node)} (node '{node.name}')"
+    def where(self, node: fx.Node | None = None) -> _Where:
+        """Names the op for messages; formatted only if a message is actually written."""
+        return _Where(node or self.node)
 
     def unify(self, a: Expr, b: Expr, why: str | None = None) -> None:
         self.t.unify(a, b, why or self.where())
@@ -101,8 +101,8 @@ class Analyzer:
         s = self.slots.get(k)
         if s is None:
             size = self.traced.tensors[key].shape[dim]
-            if like is not None and like[0] in ("S", "F") and self.t.width(like) == size:
-                e = like  # an F layout (model input channels) needs no space of its own
+            if like is not None and self.t.width(like) == size:
+                e = like  # any layout, a concat included; an F layout (model input) needs no space
             else:
                 e = ("F", 1) if size == 1 else ("S", self.t.new(size, f"{key}[{dim}]"))
             s = Slot(key, dim, e, role)
@@ -174,11 +174,11 @@ class Analyzer:
 
     # ---- driver ------------------------------------------------------------------------------
     def run(self) -> None:
-        root = self.traced.root
         graph = self.traced.graph
-        needed = {n.target for n in graph.nodes if n.op == "call_module"}
-        for name in needed:
-            self.modules[name] = root.get_submodule(name)
+        modules = self.traced.modules
+        for n in graph.nodes:
+            if n.op == "call_module":
+                self.modules[n.target] = modules[n.target]
         for node in graph.nodes:
             self.node = node
             try:
@@ -243,6 +243,21 @@ class Analyzer:
         self.freeze_val((args, kwargs), why)
         self.unknown.append((node.name, describe_target(node), reason))
         return fixed_value(node.meta.get("shape"), node.meta.get("value"))
+
+
+class _Where:
+    """Lazy "op (node 'name')" text: most unifications never need their reason spelled out."""
+
+    __slots__ = ("node",)
+
+    def __init__(self, node: fx.Node) -> None:
+        self.node = node
+
+    def __str__(self) -> str:
+        return f"{describe_target(self.node)} (node '{self.node.name}')"
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
 
 
 def fixed_value(shape: Any, value: Any = None) -> Any:

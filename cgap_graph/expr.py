@@ -58,7 +58,7 @@ class SpaceTable:
     is not exactly function-preserving, with reasons), for pruning and growth separately.
     """
 
-    __slots__ = ("_parent", "_width", "_refined", "origin", "frozen", "prune_notes", "grow_notes")
+    __slots__ = ("_parent", "_width", "_refined", "origin", "frozen", "prune_notes", "grow_notes", "_wmemo")
 
     def __init__(self) -> None:
         self._parent: list[int] = []
@@ -68,6 +68,9 @@ class SpaceTable:
         self.frozen: dict[int, str] = {}
         self.prune_notes: dict[int, list[str]] = {}
         self.grow_notes: dict[int, list[str]] = {}
+        # widths of structured layouts; unions and refinements never change a width, so this
+        # stays valid until surgery sets a new width (which clears it)
+        self._wmemo: dict[Expr, int] = {}
 
     # ---- basic union-find -------------------------------------------------------------
     def new(self, width: int, origin: str = "") -> int:
@@ -137,15 +140,20 @@ class SpaceTable:
         tag = e[0]
         if tag == "F":
             return e[1]
+        w = self._wmemo.get(e)
+        if w is not None:
+            return w
         if tag == "S":
             r = self.find(e[1])
             ref = self._refined.get(r)
-            return self._width[r] if ref is None else self.width(ref)
-        if tag == "C":
-            return sum(self.width(p) for p in e[1])
-        w = 1
-        for f in e[1]:
-            w *= self.width(f)
+            w = self._width[r] if ref is None else self.width(ref)
+        elif tag == "C":
+            w = sum(self.width(p) for p in e[1])
+        else:
+            w = 1
+            for f in e[1]:
+                w *= self.width(f)
+        self._wmemo[e] = w
         return w
 
     def leaves(self, e: Expr) -> Iterator[int]:
@@ -178,10 +186,12 @@ class SpaceTable:
 
     # ---- facts ------------------------------------------------------------------------
     def freeze(self, e: Expr, why: str) -> None:
+        why = str(why)
         for s in self.all_spaces(e):
             self.frozen.setdefault(s, why)
 
     def note(self, e: Expr, why: str, *, prune: bool = True, grow: bool = True) -> None:
+        why = str(why)
         for s in set(self.all_spaces(e)):
             if prune:
                 lst = self.prune_notes.setdefault(s, [])
@@ -255,6 +265,8 @@ class SpaceTable:
 
     def unify(self, a: Expr, b: Expr, why: str) -> None:
         """Make two layouts of equal size denote the same channels, position by position."""
+        if a is b:
+            return
         a, b = self.norm(a), self.norm(b)
         if a == b:
             return
@@ -560,6 +572,7 @@ class SpaceTable:
         if r in self._refined:
             raise ValueError("cannot set the width of a refined space")
         self._width[r] = int(w)
+        self._wmemo.clear()
 
     def describe(self, e: Expr) -> str:
         """Human-readable layout, e.g. ``G3 x 25`` or ``[G1 | G2]``."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import networkx as nx
@@ -51,17 +51,28 @@ class Member:
         return self.target
 
 
-@dataclass
 class Group:
     """A set of coupled channels that change together (one leaf of the space table)."""
 
-    id: int
-    space: int
-    width: int
-    frozen: str | None
-    prune_notes: list[str] = field(default_factory=list)
-    grow_notes: list[str] = field(default_factory=list)
-    members: list[Member] = field(default_factory=list)
+    __slots__ = ("id", "space", "width", "frozen", "prune_notes", "grow_notes", "_cg")
+
+    def __init__(self, gid: int, space: int, width: int, frozen: str | None, prune_notes: list[str],
+                 grow_notes: list[str], cg: ChannelGraph | None = None) -> None:
+        self.id = gid
+        self.space = space
+        self.width = width
+        self.frozen = frozen
+        self.prune_notes = prune_notes
+        self.grow_notes = grow_notes
+        self._cg = cg
+
+    @property
+    def members(self) -> list[Member]:
+        """Every parameter dimension, attribute and graph constant that holds these channels."""
+        return self._cg._members_of(self.space) if self._cg is not None else []
+
+    def __repr__(self) -> str:
+        return f"Group(id={self.id}, width={self.width}, {self.status()})"
 
     @property
     def resizable(self) -> bool:
@@ -113,7 +124,41 @@ class ChannelGraph:
     # ---- groups -----------------------------------------------------------------------------
     def _build_groups(self) -> None:
         # Every channel space starts at a parameter dimension or a graph constant (zero padding),
-        # so slots (created in graph order) give every group, in a stable order.
+        # so the slots (created in graph order) give every group, in a stable order.
+        t = self.an.t
+        order: dict[int, None] = {}
+        find, refined = t.find, t._refined
+        for slot in self.an.slots.values():
+            e = slot.expr
+            if e[0] == "S":
+                r = find(e[1])
+                if r not in refined:
+                    order[r] = None
+                    continue
+            elif e[0] == "F":
+                continue
+            for leaf in t.leaves(e):
+                order[leaf] = None
+        for c in self.an.const_slots:
+            for e in _exprs_of(c.expr):
+                for leaf in t.leaves(e):
+                    order[leaf] = None
+        self._members: dict[int, list[Member]] | None = None
+        self.groups: list[Group] = []
+        self._by_space: dict[int, Group] = {}
+        frozen, pn, gn, widths = t.frozen, t.prune_notes, t.grow_notes, t._width
+        groups, by_space = self.groups, self._by_space
+        for i, leaf in enumerate(order):
+            g = Group(i, leaf, widths[leaf], frozen.get(leaf), list(pn.get(leaf, ())), list(gn.get(leaf, ())), self)
+            groups.append(g)
+            by_space[leaf] = g
+
+    def _members_of(self, space: int) -> list[Member]:
+        if self._members is None:
+            self._members = self._index_members()
+        return self._members.get(space, [])
+
+    def _index_members(self) -> dict[int, list[Member]]:
         t = self.an.t
         members: dict[int, list[Member]] = {}
         for slot in self.an.slots.values():
@@ -123,25 +168,15 @@ class ChannelGraph:
                 per = total // t.width(("S", leaf)) if len(set(leaves)) == 1 else 1
                 members.setdefault(leaf, []).append(Member("param", slot.key, slot.role, slot.dim, per))
         for a in self.an.attr_slots:
-            exprs = a.expr if isinstance(a.expr, tuple) and a.expr and isinstance(a.expr[0], tuple) else (a.expr,)
-            for e in exprs:
+            for e in _exprs_of(a.expr):
                 for leaf in dict.fromkeys(t.leaves(e)):
                     members.setdefault(leaf, []).append(Member("attr", f"{a.module}.{a.attr}", "attr"))
         for c in self.an.const_slots:
-            exprs = c.expr if isinstance(c.expr, tuple) and c.expr and isinstance(c.expr[0], tuple) else (c.expr,)
-            for e in exprs:
+            for e in _exprs_of(c.expr):
                 for leaf in dict.fromkeys(t.leaves(e)):
                     members.setdefault(leaf, []).append(
                         Member("const", f"{c.node}:{'.'.join(map(str, c.path[1:]))}", "const"))
-        self.groups: list[Group] = []
-        self._by_space: dict[int, Group] = {}
-        for i, leaf in enumerate(members):
-            g = Group(i, leaf, t.width(("S", leaf)), t.frozen.get(leaf),
-                      list(t.prune_notes.get(leaf, [])), list(t.grow_notes.get(leaf, [])), members[leaf])
-            if g.frozen is None and not g.members:
-                g.frozen = "no parameter or constant carries these channels"
-            self.groups.append(g)
-            self._by_space[leaf] = g
+        return members
 
     def group(self, gid: int) -> Group:
         if not 0 <= gid < len(self.groups):
@@ -158,6 +193,7 @@ class ChannelGraph:
         """Recompute group widths after surgery (ids and membership are unchanged)."""
         for g in self.groups:
             g.width = self.an.t.width(("S", g.space))
+        self._members = None
 
     @property
     def unknown_ops(self) -> list[tuple[str, str, str]]:
@@ -265,6 +301,11 @@ class ChannelGraph:
         n = len(self.groups)
         r = sum(1 for g in self.groups if g.resizable)
         return f"ChannelGraph({len(self.graph.nodes)} nodes, {n} groups, {r} resizable)"
+
+
+def _exprs_of(e: Any) -> tuple:
+    """A slot's layout(s): one expression, or a tuple of them (split pieces, normalized_shape)."""
+    return e if isinstance(e, tuple) and e and isinstance(e[0], tuple) else (e,)
 
 
 def _tinfos(v: Any):

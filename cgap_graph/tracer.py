@@ -45,18 +45,28 @@ _ORIG_GETATTR = nn.Module.__getattr__
 _HERE = __file__.rsplit("/", 1)[0]
 
 
+_IS_METHOD: dict = {}
+
+
 class FastGraph(fx.Graph):
     """``fx.Graph`` whose ``create_node`` skips the scan of every argument for raw SymInts
     (a pytree walk that costs more than the rest of node creation): the tracer never creates
     SymInts. Falls back to the stock method if fx's internals change."""
 
     _fast = True
+    _names: dict = {}
 
     def create_node(self, op, target, args=None, kwargs=None, name=None, type_expr=None):
         if not self._fast:
             return super().create_node(op, target, args, kwargs, name, type_expr)
         try:
-            candidate = name if name is not None else self._target_to_str(target)
+            if name is None:
+                key = (op, target) if isinstance(target, str) else (op, id(target))
+                candidate = FastGraph._names.get(key)
+                if candidate is None:
+                    candidate = FastGraph._names[key] = self._target_to_str(target)
+            else:
+                candidate = name
             name = self._graph_namespace.create_name(candidate, None)
             n = fx.Node(self, name, op, target, args or (), kwargs or {}, type_expr)
             self._graph_namespace.associate_name_with_obj(name, n)
@@ -75,9 +85,10 @@ class Traced:
 
     def __init__(self, root: nn.Module, graph: fx.Graph, attrs: dict[str, Any], attr_kind: dict[str, str],
                  guards: list, opaque: dict[str, str], input_specs: list[TSpec],
-                 tensors: dict[str, torch.Tensor]) -> None:
+                 tensors: dict[str, torch.Tensor], modules: dict[str, nn.Module] | None = None) -> None:
         self.root = root
         self.tensors = tensors
+        self.modules = modules if modules is not None else dict(root.named_modules())
         self.graph = graph
         self.attrs = attrs
         self.attr_kind = attr_kind
@@ -91,6 +102,7 @@ class Tracer:
         self.root = root
         self.graph = FastGraph()
         self.module_names: dict[int, str] = {}
+        self.modules: dict[str, nn.Module] = {}
         self.tensor_names: dict[int, tuple[str, str]] = {}
         self.tensors: dict[str, torch.Tensor] = {}
         self._index(root, "")
@@ -111,6 +123,7 @@ class Tracer:
         A direct walk: ``named_modules``/``named_parameters`` cost several times more."""
         if id(mod) not in self.module_names:
             self.module_names[id(mod)] = prefix
+        self.modules[prefix] = mod
         dot = prefix + "." if prefix else ""
         names, tensors = self.tensor_names, self.tensors
         for n, p in mod._parameters.items():
@@ -134,8 +147,12 @@ class Tracer:
         t = type(a)
         if t is SymTensor or t is SymValue:
             return a.node
-        if a is None or t in (int, float, bool, str):
+        if a is None or t is int or t is float or t is bool or t is str:
             return a
+        if t is tuple:
+            if len(a) == 1 and type(a[0]) is SymTensor:
+                return (a[0].node,)
+            return tuple([self.arg(x) for x in a])
         if t is list:
             return [self.arg(x) for x in a]
         if isinstance(a, tuple):
@@ -194,7 +211,7 @@ class Tracer:
         return spec
 
     def _record(self, op: str, target: Any, args: tuple, kwargs: dict, spec: Any) -> Any:
-        node = self.graph.create_node(op, target, self.arg(args), self.arg(kwargs))
+        node = self.graph.create_node(op, target, self.arg(args), self.arg(kwargs) if kwargs else None)
         if self.module_stack:
             node.meta["module"] = self.module_stack[-1]
         if self._no_rule_shape:
@@ -235,7 +252,10 @@ class Tracer:
         return spec
 
     def torch_function(self, func, args, kwargs):
-        if torch.overrides.is_tensor_method_or_property(func):
+        is_method = _IS_METHOD.get(func)
+        if is_method is None:  # torch's check runs under a warnings filter: ask once per function
+            is_method = _IS_METHOD[func] = torch.overrides.is_tensor_method_or_property(func)
+        if is_method:
             name = func.__name__
             if name == "size":
                 return self.size(args[0], *args[1:], **kwargs)
@@ -504,7 +524,7 @@ def trace_module(model: nn.Module, input_specs: Sequence[TSpec], leaf_modules: S
         tr.graph.output(tr.arg(out))
         _dce(tr.graph)
         return Traced(model, tr.graph, tr.attrs, tr.attr_kind, tr.guards, tr.opaque, list(input_specs),
-                      tr.tensors)
+                      tr.tensors, tr.modules)
     raise TraceError("tracing kept failing after making 32 submodules opaque; give leaf_modules explicitly")
 
 
