@@ -5,14 +5,16 @@
     g.groups[3].status()                     # 'prunable, growable'
 """
 
+from . import model_io, zoo
 from . import rules as _rules  # noqa: F401
 from .errors import CgapError, InputShapeError, ModelLoadError, SurgeryError, TraceError
 from .graph import ChannelGraph, Group, Member, trace
+from .model_io import load_model, save_model
 from .rules import all as _all_rules  # noqa: F401  (registers every op rule)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CgapError", "ChannelGraph", "Group", "InputShapeError", "Member", "ModelLoadError", "SurgeryError",
-    "TraceError", "trace", "__version__",
+    "TraceError", "load_model", "model_io", "save_model", "trace", "zoo", "__version__",
 ]
