@@ -143,6 +143,203 @@ def inspect(
     _run(body)
 
 
+# ---- grow / prune / seed -------------------------------------------------------------------------------
+_MODEL_HELP = "Zoo name or model file."
+
+
+def _saliency_for(cg, data: str | None, data_dir: str | None, select: str | None, batches: int, batch_size: int,
+                  seed: int):
+    from passes.saliency import saliency
+
+    from .data import check_fits, loader
+    if select is None:
+        select = "taylor" if data else None
+    if select is None:
+        raise CgapError("give --data DATASET (Taylor saliency on real batches) or --select magnitude|random")
+    if select == "taylor":
+        if not data:
+            raise CgapError("--select taylor needs --data DATASET (mnist, fashion-mnist, cifar10, mnist-mini)")
+        check_fits(data, cg.input_specs[0].shape)
+        if batch_size < 1:
+            raise CgapError(f"--batch-size must be >= 1, got {batch_size}")
+        return saliency(cg, loader(data, "train", batch_size, data_dir=data_dir, seed=seed), batches=batches), select
+    if select not in ("magnitude", "random"):
+        raise CgapError(f"--select must be taylor, magnitude or random, got '{select}'")
+    return saliency(cg, mode=select, generator=torch.Generator().manual_seed(seed)), select
+
+
+def _print_change(cg, title: str, widths_before: dict[int, int], params_before: int, flops_before: int,
+                  notes: list[str] = ()) -> None:
+    from rich.table import Table
+
+    from passes.seed import group_key
+
+    from .report import _fmt
+    console.print(f"[bold]{title}[/bold]")
+    table = Table(header_style="bold")
+    for col in ("group", "first producer", "width", "status"):
+        table.add_column(col, justify="right" if col in ("group", "width") else "left")
+    for g in cg.groups:
+        before = widths_before.get(g.id, g.width)
+        width = f"{before}" if before == g.width else f"{before} -> [bold]{g.width}[/bold]"
+        status = "frozen: " + g.frozen if g.frozen else ("changed" if before != g.width else "")
+        table.add_row(str(g.id), group_key(g), width, status)
+    console.print(table)
+    params, flops = cg.param_count(), cg.flops()
+    console.print(f"parameters {params_before:,} -> {params:,} ({_fmt(params)})   FLOPs {_fmt(flops_before)} -> "
+                  f"{_fmt(flops)}")
+    for n in notes:
+        console.print(f"[yellow]note[/yellow]: {n}")
+
+
+def _save_result(cg, loaded, model: str, output: Path, step: dict, capacity: dict | None = None) -> None:
+    from .model_io import save_model
+    meta = dict(loaded.meta)
+    meta["input_shape"] = list(cg.input_specs[0].shape)
+    meta["widths"] = {str(g.id): g.width for g in cg.groups}
+    meta["history"] = list(meta.get("history", [])) + [step]
+    if capacity is not None:
+        meta["capacity"] = capacity
+    kind = save_model(cg.module, output, meta=meta, inputs=[model] if Path(model).exists() else [])
+    console.print(f"wrote {output}" + (" (pickled: custom modules; load it with --trust)" if kind == "pickle" else ""))
+
+
+@app.command()
+def grow(
+    model: str = typer.Argument(..., help=_MODEL_HELP),
+    output: Path = typer.Option(..., "-o", "--output", help="Where to write the grown model."),
+    beta: float = typer.Option(0.6, "--beta", help="Growth ratio: each group gains round(beta x width) units."),
+    init: str = typer.Option("paper", "--init", help="paper (Eq. 5-10), preserve (outputs unchanged) or random."),
+    sigma: float = typer.Option(0.5, "--sigma", help="Scaling factor of the paper initialiser (Eq. 5-10)."),
+    mu: float = typer.Option(0.1, "--mu", help="Noise range U(-mu, mu) of the paper initialiser."),
+    data: str | None = typer.Option(None, "--data", help="Dataset for Taylor saliency: mnist, fashion-mnist, "
+                                       "cifar10, mnist-mini (read from --data-dir or $CGAP_DATA_DIR)."),
+    data_dir: str | None = typer.Option(None, "--data-dir", help="Folder holding the datasets."),
+    select: str | None = typer.Option(None, "--select", help="taylor (default with --data), magnitude or random."),
+    batches: int = typer.Option(10, "--batches", help="Batches of data for the saliency."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    capacity_mode: str = typer.Option("stop", "--capacity-mode", help="At the capacity limit (from 'seed'): "
+                                      "stop (paper) or clip."),
+    no_capacity: bool = typer.Option(False, "--no-capacity", help="Ignore a capacity limit stored in MODEL."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (noise, random selection)."),
+    input_shape: list[str] | None = typer.Option(None, "--input-shape", "-s"),
+    arch: str | None = typer.Option(None, "--arch"),
+    arch_kwargs: str | None = typer.Option(None, "--arch-kwargs"),
+    trust: bool = typer.Option(False, "--trust", help="Allow loading a pickled model (runs code from the file)."),
+    width: float = typer.Option(1.0, "--width", help="Width multiplier for zoo models."),
+):
+    """Grow MODEL (Algorithm 2): duplicate the most salient units of every growable group.
+
+        cgap-graph grow model.pt --beta 0.6 --data cifar10 -o grown.pt
+        cgap-graph grow seed.pt --beta 0.6 --select magnitude --init preserve -o grown.pt
+    """
+    def body():
+        from passes.grow import grow as grow_pass
+        from passes.seed import capacity_by_id
+        if init not in ("paper", "preserve", "random"):
+            raise CgapError(f"--init must be paper, preserve or random, got '{init}'")
+        if capacity_mode not in ("stop", "clip"):
+            raise CgapError(f"--capacity-mode must be stop or clip, got '{capacity_mode}'")
+        from passes.grow import _check_growth
+        _check_growth(beta, sigma, mu)
+        loaded, cg, _ = _load_and_trace(model, input_shape, None, arch, arch_kwargs, trust, width, None)
+        sal, how = _saliency_for(cg, data, data_dir, select, batches, batch_size, seed)
+        before = {g.id: g.width for g in cg.groups}
+        p0, f0 = cg.param_count(), cg.flops()
+        cap = None if no_capacity else loaded.meta.get("capacity")
+        rep = grow_pass(cg, sal, beta, init=init, sigma=sigma, mu=mu, capacity=capacity_by_id(cg, cap),
+                        capacity_mode=capacity_mode, seed=seed)
+        notes = [f"group {gid} not grown: {why}" for gid, why in rep.skipped.items()]
+        _print_change(cg, f"grow {model}: beta {beta}, init {init}, saliency {how}", before, p0, f0, notes)
+        _save_result(cg, loaded, model, output, {"step": "grow", "beta": beta, "init": init, "sigma": sigma, "mu": mu,
+                                                   "saliency": how, "data": data}, cap)
+    _run(body)
+
+
+@app.command()
+def prune(
+    model: str = typer.Argument(..., help=_MODEL_HELP),
+    output: Path = typer.Option(..., "-o", "--output", help="Where to write the pruned model."),
+    weight_rate: float = typer.Option(0.5, "--weight-rate", help="gamma_W: fraction of weights zeroed per layer."),
+    unit_rate: float = typer.Option(0.5, "--unit-rate", help="gamma_F/gamma_N: a unit sparser than this is "
+                                    "removed (with --mode units: the fraction of units removed per group)."),
+    mode: str = typer.Option("alg3", "--mode", help="alg3 (weights, then sparse units) or units (lowest units)."),
+    no_fold: bool = typer.Option(False, "--no-fold", help="Do not fold removed units' constants into readers."),
+    data: str | None = typer.Option(None, "--data", help="Dataset for Taylor saliency (see grow --help)."),
+    data_dir: str | None = typer.Option(None, "--data-dir"),
+    select: str | None = typer.Option(None, "--select", help="taylor (default with --data), magnitude or random."),
+    batches: int = typer.Option(10, "--batches"),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    seed: int = typer.Option(0, "--seed"),
+    input_shape: list[str] | None = typer.Option(None, "--input-shape", "-s"),
+    arch: str | None = typer.Option(None, "--arch"),
+    arch_kwargs: str | None = typer.Option(None, "--arch-kwargs"),
+    trust: bool = typer.Option(False, "--trust"),
+    width: float = typer.Option(1.0, "--width"),
+):
+    """Prune MODEL (Algorithm 3) and remove the pruned units physically.
+
+        cgap-graph prune model.pt --weight-rate 0.5 --unit-rate 0.5 --data mnist -o small.pt
+        cgap-graph prune model.pt --mode units --unit-rate 0.3 --select magnitude -o small.pt
+    """
+    def body():
+        from passes.grow import check_rates
+        from passes.prune import prune as prune_pass
+        from passes.prune import prune_units
+        if mode not in ("alg3", "units"):
+            raise CgapError(f"--mode must be alg3 or units, got '{mode}'")
+        check_rates(**({"--weight-rate": weight_rate} if mode == "alg3" else {}), **{"--unit-rate": unit_rate})
+        loaded, cg, _ = _load_and_trace(model, input_shape, None, arch, arch_kwargs, trust, width, None)
+        sal, how = _saliency_for(cg, data, data_dir, select, batches, batch_size, seed)
+        before = {g.id: g.width for g in cg.groups}
+        p0, f0 = cg.param_count(), cg.flops()
+        if mode == "alg3":
+            rep = prune_pass(cg, sal, weight_rate, unit_rate, fold=not no_fold)
+        else:
+            rep = prune_units(cg, sal, unit_rate, fold=not no_fold)
+        notes = rep.folded + [f"[red]not folded[/red] {n}" for n in rep.not_folded]
+        if rep.weights_total:
+            notes.insert(0, f"zeroed {rep.weights_zeroed:,} of {rep.weights_total:,} weights")
+        _print_change(cg, f"prune {model}: {mode}, saliency {how}", before, p0, f0, notes)
+        _save_result(cg, loaded, model, output, {"step": "prune", "mode": mode, "weight_rate": weight_rate,
+                                                   "unit_rate": unit_rate, "saliency": how, "data": data},
+                     loaded.meta.get("capacity"))
+    _run(body)
+
+
+@app.command("seed")
+def seed_cmd(
+    model: str = typer.Argument(..., help=_MODEL_HELP),
+    output: Path = typer.Option(..., "-o", "--output", help="Where to write the seed."),
+    width: float = typer.Option(..., "--width", help="Width multiplier in (0, 1]: the paper's seeds use 0.125."),
+    select: str = typer.Option("magnitude", "--select", help="Which units to keep: magnitude or first."),
+    reinit: bool = typer.Option(False, "--reinit", help="Draw fresh parameters (train the seed from scratch)."),
+    input_shape: list[str] | None = typer.Option(None, "--input-shape", "-s"),
+    arch: str | None = typer.Option(None, "--arch"),
+    arch_kwargs: str | None = typer.Option(None, "--arch-kwargs"),
+    trust: bool = typer.Option(False, "--trust"),
+    zoo_width: float = typer.Option(1.0, "--zoo-width", help="Width of the zoo reference model."),
+):
+    """Make a seed: shrink every prunable group of MODEL to WIDTH of its size.
+
+    The reference widths are stored in the seed as the capacity limit for later growth.
+
+        cgap-graph seed vgg19 --width 0.125 -o seed.pt
+    """
+    def body():
+        from passes.seed import seed as seed_pass
+        if not 0 < width <= 1:
+            raise CgapError(f"--width must be in (0, 1], got {width} (the paper's seeds use 0.125)")
+        loaded, cg, _ = _load_and_trace(model, input_shape, None, arch, arch_kwargs, trust, zoo_width, None)
+        before = {g.id: g.width for g in cg.groups}
+        p0, f0 = cg.param_count(), cg.flops()
+        rep = seed_pass(cg, width, select=select, reinit=reinit)
+        _print_change(cg, f"seed {model}: width {width}", before, p0, f0)
+        _save_result(cg, loaded, model, output, {"step": "seed", "width": width, "select": select, "reinit": reinit},
+                     rep.reference_widths)
+    _run(body)
+
+
 @app.command("zoo")
 def zoo_cmd():
     """List the built-in models (use their names as MODEL)."""

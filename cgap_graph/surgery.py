@@ -65,6 +65,10 @@ class SurgeryReport:
     params_before: int
     params_after: int
     changed: list[str]
+    # per changed parameter: dim -> source positions, and dim -> True where a position is a new copy
+    index: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
+    new_mask: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
+    old_params: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 # ---- initialisers ---------------------------------------------------------------------------------
@@ -209,6 +213,8 @@ def apply_selection(cg: ChannelGraph, selections: Mapping[int, Sequence[int]],
     for slot in an.slots.values():
         by_key.setdefault(slot.key, []).append(slot)
     new_tensors: dict[str, torch.Tensor] = {}
+    index_maps: dict[str, dict[int, np.ndarray]] = {}
+    new_masks: dict[str, dict[int, np.ndarray]] = {}
     for key, slots in by_key.items():
         hit = [s for s in slots if touched & set(t.leaves(s.expr))]
         if not hit:
@@ -233,8 +239,10 @@ def apply_selection(cg: ChannelGraph, selections: Mapping[int, Sequence[int]],
             picked[s.dim] = mult[idx] > 1
         change = SlotChange(key, hit, old, new, index, new_mask, picked)
         new_tensors[key] = initializer(change, ctx).contiguous()
+        index_maps[key], new_masks[key] = index, new_mask
 
     # 2. apply, remembering how to undo
+    old_params = {key: _get_tensor(gm, key) for key in new_tensors}
     undo: list[Callable[[], None]] = []
     try:
         for key, value in new_tensors.items():
@@ -275,7 +283,8 @@ def apply_selection(cg: ChannelGraph, selections: Mapping[int, Sequence[int]],
             raise
         raise SurgeryError(f"the resized model does not validate: {str(exc).splitlines()[0]}") from exc
     return SurgeryReport(widths_before, {g.id: g.width for g in cg.groups}, params_before,
-                         sum(p.numel() for p in gm.parameters()), sorted(new_tensors))
+                         sum(p.numel() for p in gm.parameters()), sorted(new_tensors), index_maps, new_masks,
+                         old_params)
 
 
 def _apply_const(c: ConstSlot, node: fx.Node, t, touched: set, undo: list) -> None:
