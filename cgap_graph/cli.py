@@ -168,6 +168,17 @@ def _saliency_for(cg, data: str | None, data_dir: str | None, select: str | None
     return saliency(cg, mode=select, generator=torch.Generator().manual_seed(seed)), select
 
 
+def _to_device(cg, device: str) -> None:
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise CgapError(f"--device '{device}' is not a device; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise CgapError(f"--device {device}: no CUDA device is available here; use --device cpu")
+    if dev.type != "cpu":
+        cg.module.to(dev)
+
+
 def _print_change(cg, title: str, widths_before: dict[int, int], params_before: int, flops_before: int,
                   notes: list[str] = ()) -> None:
     from rich.table import Table
@@ -222,6 +233,7 @@ def grow(
                                       "stop (paper) or clip."),
     no_capacity: bool = typer.Option(False, "--no-capacity", help="Ignore a capacity limit stored in MODEL."),
     seed: int = typer.Option(0, "--seed", help="Random seed (noise, random selection)."),
+    device: str = typer.Option("cpu", "--device", help="cpu (default) or cuda[:N] for the saliency pass."),
     input_shape: list[str] | None = typer.Option(None, "--input-shape", "-s"),
     arch: str | None = typer.Option(None, "--arch"),
     arch_kwargs: str | None = typer.Option(None, "--arch-kwargs"),
@@ -243,6 +255,7 @@ def grow(
         from passes.grow import _check_growth
         _check_growth(beta, sigma, mu)
         loaded, cg, _ = _load_and_trace(model, input_shape, None, arch, arch_kwargs, trust, width, None)
+        _to_device(cg, device)
         sal, how = _saliency_for(cg, data, data_dir, select, batches, batch_size, seed)
         before = {g.id: g.width for g in cg.groups}
         p0, f0 = cg.param_count(), cg.flops()
@@ -271,6 +284,7 @@ def prune(
     batches: int = typer.Option(10, "--batches"),
     batch_size: int = typer.Option(64, "--batch-size"),
     seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("cpu", "--device", help="cpu (default) or cuda[:N] for the saliency pass."),
     input_shape: list[str] | None = typer.Option(None, "--input-shape", "-s"),
     arch: str | None = typer.Option(None, "--arch"),
     arch_kwargs: str | None = typer.Option(None, "--arch-kwargs"),
@@ -290,6 +304,7 @@ def prune(
             raise CgapError(f"--mode must be alg3 or units, got '{mode}'")
         check_rates(**({"--weight-rate": weight_rate} if mode == "alg3" else {}), **{"--unit-rate": unit_rate})
         loaded, cg, _ = _load_and_trace(model, input_shape, None, arch, arch_kwargs, trust, width, None)
+        _to_device(cg, device)
         sal, how = _saliency_for(cg, data, data_dir, select, batches, batch_size, seed)
         before = {g.id: g.width for g in cg.groups}
         p0, f0 = cg.param_count(), cg.flops()

@@ -87,6 +87,7 @@ def test_bad_parameters_are_one_line_errors(tmp_path):
         (["prune", "lenet5", "--unit-rate", "0", "--select", "magnitude"], "--unit-rate must be in (0, 1)"),
         (["prune", "lenet5", "--mode", "weights", "--select", "magnitude"], "--mode must be alg3 or units"),
         (["seed", "lenet5", "--width", "0"], "--width must be in (0, 1]"),
+        (["grow", "lenet5", "--select", "magnitude", "--device", "tpu9"], "--device 'tpu9' is not a device"),
     ]
     for args, needle in cases:
         code, text = _run(*args, "-o", out)
