@@ -140,7 +140,7 @@ class ChannelGraph:
             for leaf in t.leaves(e):
                 order[leaf] = None
         for c in self.an.const_slots:
-            for e in _exprs_of(c.expr):
+            for e in layouts(c.expr):
                 for leaf in t.leaves(e):
                     order[leaf] = None
         self._members: dict[int, list[Member]] | None = None
@@ -168,11 +168,11 @@ class ChannelGraph:
                 per = total // t.width(("S", leaf)) if len(set(leaves)) == 1 else 1
                 members.setdefault(leaf, []).append(Member("param", slot.key, slot.role, slot.dim, per))
         for a in self.an.attr_slots:
-            for e in _exprs_of(a.expr):
+            for e in layouts(a.expr):
                 for leaf in dict.fromkeys(t.leaves(e)):
                     members.setdefault(leaf, []).append(Member("attr", f"{a.module}.{a.attr}", "attr"))
         for c in self.an.const_slots:
-            for e in _exprs_of(c.expr):
+            for e in layouts(c.expr):
                 for leaf in dict.fromkeys(t.leaves(e)):
                     members.setdefault(leaf, []).append(
                         Member("const", f"{c.node}:{'.'.join(map(str, c.path[1:]))}", "const"))
@@ -303,7 +303,7 @@ class ChannelGraph:
         return f"ChannelGraph({len(self.graph.nodes)} nodes, {n} groups, {r} resizable)"
 
 
-def _exprs_of(e: Any) -> tuple:
+def layouts(e: Any) -> tuple:
     """A slot's layout(s): one expression, or a tuple of them (split pieces, normalized_shape)."""
     return e if isinstance(e, tuple) and e and isinstance(e[0], tuple) else (e,)
 

@@ -29,7 +29,7 @@ from torch import nn
 
 from .analysis import ConstSlot, Slot
 from .errors import CgapError, SurgeryError
-from .graph import ChannelGraph
+from .graph import ChannelGraph, layouts
 from .values import SizeV, TInfo
 
 
@@ -254,14 +254,15 @@ def apply_selection(cg: ChannelGraph, selections: Mapping[int, Sequence[int]],
         for rep, arr in sel.items():
             t.set_width(rep, len(arr))
         for a in an.attr_slots:
-            exprs = a.expr if isinstance(a.expr, tuple) and a.expr and isinstance(a.expr[0], tuple) else None
+            parts = layouts(a.expr)
+            tuple_valued = parts is a.expr  # e.g. normalized_shape: one width per dimension
             leaves = set()
-            for e in (exprs or (a.expr,)):
+            for e in parts:
                 leaves |= set(t.leaves(e))
             if not touched & leaves:
                 continue
             mod = gm.get_submodule(a.module)
-            value = tuple(t.width(e) for e in exprs) if exprs is not None else t.width(a.expr) * a.scale
+            value = tuple(t.width(e) for e in parts) if tuple_valued else t.width(a.expr) * a.scale
             old_v = getattr(mod, a.attr)
             undo.append(lambda m=mod, n=a.attr, o=old_v: setattr(m, n, o))
             setattr(mod, a.attr, type(old_v)(value) if isinstance(old_v, (tuple, list)) else value)
@@ -288,7 +289,7 @@ def apply_selection(cg: ChannelGraph, selections: Mapping[int, Sequence[int]],
 
 
 def _apply_const(c: ConstSlot, node: fx.Node, t, touched: set, undo: list) -> None:
-    exprs = c.expr if isinstance(c.expr, tuple) and c.expr and isinstance(c.expr[0], tuple) else (c.expr,)
+    exprs = layouts(c.expr)
     leaves = set()
     for e in exprs:
         leaves |= set(t.leaves(e))

@@ -30,7 +30,7 @@ from cgap_graph.surgery import SurgeryReport, _get_tensor, apply_selection, mask
 from cgap_graph.verify import random_inputs
 
 from .grow import check_rates
-from .saliency import Saliency, weight_slots
+from .saliency import Saliency, unit_weights, weight_slots
 
 
 @dataclass
@@ -42,21 +42,6 @@ class PruneReport:
     folded: list[str] = field(default_factory=list)
     not_folded: list[str] = field(default_factory=list)
     inexact: list[str] = field(default_factory=list)  # groups whose removal changes cross-channel statistics
-
-
-def _unit_weight_slots(cg: ChannelGraph, gid: int):
-    """The weights a unit's saliency and sparsity count: producer rows (filters) or fan-out
-    columns (neurons)."""
-    t = cg.an.t
-    g = cg.group(gid)
-    producers, readers = [], []
-    for s in weight_slots(cg):
-        ids = t.unit_ids(s.expr, g.space)
-        if (ids < 0).all():
-            continue
-        (producers if s.role == "produce" and not s.split else readers).append((s, ids))
-    is_filter = any(cg.traced.tensors[s.key].dim() > 2 for s, _ in producers)
-    return producers if is_filter or not readers else readers, producers
 
 
 @torch.no_grad()
@@ -82,8 +67,7 @@ def unit_sparsity(cg: ChannelGraph, gid: int) -> np.ndarray:
     g = cg.group(gid)
     gm = cg.module
     zeros, counts = np.zeros(g.width), np.zeros(g.width)
-    use, _ = _unit_weight_slots(cg, gid)
-    for s, ids in use:
+    for s, ids in unit_weights(cg, gid):
         w = _get_tensor(gm, s.key).detach()
         flat = w.transpose(0, s.dim).reshape(w.shape[s.dim], -1)
         z = (flat == 0).sum(1).double().cpu().numpy()

@@ -112,21 +112,28 @@ def weight_scores(cg: ChannelGraph, data: Iterable | None = None, *, mode: str =
     return Saliency(mode, {k: (v / n).float() for k, v in acc.items()}, batches=n)
 
 
+def unit_weights(cg: ChannelGraph, gid: int, slots: list | None = None) -> list:
+    """The weights a unit's score (and sparsity) counts, as (slot, unit id per position):
+    producer rows for a filter group, readers' fan-out columns for a neuron group."""
+    t = cg.an.t
+    space = cg.group(gid).space
+    producers, readers = [], []
+    for s in slots if slots is not None else weight_slots(cg):
+        ids = t.unit_ids(s.expr, space)
+        if (ids < 0).all():
+            continue
+        (producers if s.role == "produce" and not s.split else readers).append((s, ids))
+    is_filter = any(cg.traced.tensors[s.key].dim() > 2 for s, _ in producers)
+    return producers if is_filter or not readers else readers
+
+
 def unit_scores(cg: ChannelGraph, sal: Saliency) -> Saliency:
     """Fill ``sal.units`` for every resizable group (see module docstring for the rule)."""
-    t = cg.an.t
     slots = list(weight_slots(cg))
     for g in cg.groups:
         if not g.resizable:
             continue
-        producers, readers = [], []
-        for s in slots:
-            ids = t.unit_ids(s.expr, g.space)
-            if (ids < 0).all():
-                continue
-            (producers if s.role == "produce" and not s.split else readers).append((s, ids))
-        is_filter = any(cg.traced.tensors[s.key].dim() > 2 for s, _ in producers)
-        use = producers if is_filter or not readers else readers
+        use = unit_weights(cg, g.id, slots)
         score = np.zeros(g.width)
         for s, ids in use:
             w = sal.weights[s.key]
