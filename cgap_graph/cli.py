@@ -355,6 +355,190 @@ def seed_cmd(
     _run(body)
 
 
+# ---- train / demo ----------------------------------------------------------------------------------------
+_HYPER_HELP = {
+    "epochs": "Training epochs (paper: 60 for MNIST, 200 for CIFAR-10).",
+    "batch_size": "Batch size (paper: 128).",
+    "lr": "Initial learning rate (paper: 0.1).",
+    "lr_decay_every": "Divide the learning rate by 10 at every this fraction of the epochs (paper: 0.3).",
+    "momentum": "SGD momentum (paper: 0.9).",
+    "weight_decay": "Weight decay (paper: 5e-4).",
+    "optimizer": "sgd (paper) or adam.",
+    "beta": "Growth ratio (paper: 0.6).",
+    "f_growth": "Growth frequency: grow every 1/f epochs (paper: 1/3; 0 disables growth).",
+    "init": "Initialiser of grown units: paper, preserve or random.",
+    "sigma": "Scaling factor of the paper initialiser (0.5).",
+    "mu": "Noise range of the paper initialiser (0.1).",
+    "capacity": "tau_capa: growth stops at this multiple of the reference widths (1.0).",
+    "tau_accu": "Training accuracy (0..1) to exceed before pruning starts.",
+    "f_pruning": "Pruning frequency: prune every 1/f epochs (paper: 1; 0 disables pruning).",
+    "gamma_w": "Weight pruning rate gamma_W in (0, 1).",
+    "gamma_f": "Unit sparsity threshold gamma_F/gamma_N (default: gamma_W).",
+    "prune_start": "No pruning before this fraction of the epochs.",
+    "prune_end": "Last pruning step at this fraction of the epochs; then fine-tune.",
+    "prune_target": "Stop pruning once the model has at most this many parameters.",
+    "saliency": "taylor (paper), magnitude or random.",
+    "saliency_batches": "Batches for each saliency estimate.",
+    "seed": "Random seed.",
+    "device": "cpu (default) or cuda[:N].",
+    "eval_batch_size": "Batch size for evaluation.",
+    "train_limit": "Use only the first N training images (quick runs).",
+    "test_limit": "Use only the first N test images.",
+}
+
+
+def _hyper_params():
+    import dataclasses
+    import inspect as _inspect
+
+    from .config import TrainConfig
+    params = []
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in ("extra", "gamma_w_layers"):
+            continue
+        typ = {"int": int, "float": float, "str": str}.get(str(f.type).split(" ")[0].replace("|", "").strip(), None)
+        typ = int if f.type in ("int", "int | None") else float if f.type in ("float", "float | None") else str
+        params.append(_inspect.Parameter(
+            f.name, _inspect.Parameter.KEYWORD_ONLY, annotation=typ | None,
+            default=typer.Option(None, "--" + f.name.replace("_", "-"), help=_HYPER_HELP.get(f.name, ""),
+                                 rich_help_panel="CGaP hyper-parameters (override --config)")))
+    return params
+
+
+def _train_body(model: str, dataset: str, out: Path | None, config: Path | None, resume: bool, data_dir,
+                width: float, seed_width: float, input_shape, arch, arch_kwargs, trust, hyper: dict):
+    from .config import load_config
+    from .graph import trace as _trace
+    from .train import train_run
+    cfg = load_config(config, hyper)
+    out = out or Path("runs") / f"{Path(model).stem}-{dataset}"
+    if resume:
+        from .data import info
+        shape = (1, *info(dataset).shape)
+        res = train_run(None, shape, dataset, out, cfg, data_dir=data_dir, resume=True, console=console)
+        _print_run(res)
+        return
+    if not 0 < seed_width <= 1:
+        raise CgapError(f"--seed-width must be in (0, 1], got {seed_width}")
+    from .data import info
+    shapes = [parse_shape(s) for s in input_shape] if input_shape else None
+    kwargs = json.loads(arch_kwargs) if arch_kwargs else {}
+    loaded = load_model(model, arch=arch, arch_kwargs=kwargs, trust=trust, width=width)
+    shape = shapes[0] if shapes else (loaded.input_shape or (1, *info(dataset).shape))
+    torch.manual_seed(cfg.seed)
+    cg = _trace(loaded.model, shape)
+    reference = loaded.meta.get("capacity")
+    if seed_width < 1:
+        from passes.seed import seed as seed_pass
+        rep = seed_pass(cg, seed_width, select="first", reinit=loaded.source == "zoo", generator_seed=cfg.seed)
+        reference = rep.reference_widths
+    res = train_run(cg.module, shape, dataset, out, cfg, data_dir=data_dir, reference_widths=reference,
+                    console=console, meta={"model": model, "dataset": dataset})
+    _print_run(res)
+
+
+def _print_run(res) -> None:
+    from .report import _fmt
+    console.print(f"[bold]done[/bold]: {res.epochs} epochs, test accuracy {100 * res.test_accuracy:.2f}%, "
+                  f"{res.params:,} parameters, FLOPs {_fmt(res.flops)}, widths "
+                  f"{'-'.join(str(w) for w in res.widths.values())}; wrote {res.out_dir}/ (model.pt, metrics.jsonl, "
+                  "params.png, widths.png, checkpoint.pt)")
+
+
+def train(**kw):
+    """Train with CGaP (Algorithm 1): grow while under capacity, prune once accurate, fine-tune.
+
+    MODEL is a zoo name (start from a seed with --seed-width 0.125) or a model file (a seed made
+    with 'cgap-graph seed' carries its capacity). Every epoch appends to OUT/metrics.jsonl and
+    checkpoints to OUT/checkpoint.pt; --resume continues a killed run.
+
+        cgap-graph train --model lenet5 --seed-width 0.25 --dataset mnist --epochs 60
+        cgap-graph train --model seed.pt --dataset cifar10 --config cgap.toml
+        cgap-graph train --dataset mnist --out runs/lenet5-mnist --resume
+    """
+    base = {k: kw.pop(k) for k in ("model", "dataset", "out", "config", "resume", "data_dir", "width", "seed_width",
+                                   "input_shape", "arch", "arch_kwargs", "trust")}
+    layer_rates = kw.pop("gamma_w_layer") or []
+    if layer_rates:
+        parsed = {}
+        for item in layer_rates:
+            name, sep, value = item.partition("=")
+            try:
+                parsed[name] = float(value)
+            except ValueError:
+                sep = ""
+            if not sep or not name:
+                err.print(f"[red]error:[/red] --gamma-w-layer '{item}' must look like NAME=RATE, e.g. fc1=0.9")
+                raise typer.Exit(2)
+        kw["gamma_w_layers"] = parsed
+    _run(lambda: _train_body(hyper=kw, **base))
+
+
+def _install_train():
+    import inspect as _inspect
+    P = _inspect.Parameter
+    base = [
+        P("model", P.KEYWORD_ONLY, annotation=str, default=typer.Option("lenet5", "--model", help="Zoo name or file.")),
+        P("dataset", P.KEYWORD_ONLY, annotation=str, default=typer.Option(
+            ..., "--dataset", help="mnist, fashion-mnist, cifar10 or mnist-mini (built in).")),
+        P("out", P.KEYWORD_ONLY, annotation=Path | None, default=typer.Option(
+            None, "--out", help="Run directory (default: runs/MODEL-DATASET).")),
+        P("config", P.KEYWORD_ONLY, annotation=Path | None, default=typer.Option(
+            None, "--config", help="TOML file of hyper-parameters ([train] table or top level).")),
+        P("resume", P.KEYWORD_ONLY, annotation=bool, default=typer.Option(
+            False, "--resume", help="Continue the run in --out from its last checkpoint.")),
+        P("data_dir", P.KEYWORD_ONLY, annotation=str | None, default=typer.Option(
+            None, "--data-dir", help="Folder holding the datasets (default $CGAP_DATA_DIR).")),
+        P("width", P.KEYWORD_ONLY, annotation=float, default=typer.Option(
+            1.0, "--width", help="Width of the zoo reference model.")),
+        P("seed_width", P.KEYWORD_ONLY, annotation=float, default=typer.Option(
+            1.0, "--seed-width", help="Start from a seed this fraction of the reference widths.")),
+        P("input_shape", P.KEYWORD_ONLY, annotation=list[str] | None, default=typer.Option(
+            None, "--input-shape", "-s")),
+        P("arch", P.KEYWORD_ONLY, annotation=str | None, default=typer.Option(None, "--arch")),
+        P("arch_kwargs", P.KEYWORD_ONLY, annotation=str | None, default=typer.Option(None, "--arch-kwargs")),
+        P("trust", P.KEYWORD_ONLY, annotation=bool, default=typer.Option(False, "--trust")),
+        P("gamma_w_layer", P.KEYWORD_ONLY, annotation=list[str] | None, default=typer.Option(
+            None, "--gamma-w-layer", help="Per-layer gamma_W as MODULE=RATE (repeat), e.g. fc1=0.92.",
+            rich_help_panel="CGaP hyper-parameters (override --config)")),
+    ]
+    train.__signature__ = _inspect.Signature(base + _hyper_params())
+    app.command()(train)
+
+
+_install_train()
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="Where to write the demo run."),
+    epochs: int = typer.Option(10, "--epochs", help="Epochs (the demo takes about 2 s per epoch)."),
+):
+    """A short CGaP run on LeNet-5 with the built-in MNIST subset: nothing else needed.
+
+    Starts from a seed a quarter of LeNet-5's widths, grows it twice, prunes it three times,
+    fine-tunes, and writes the model, its metrics, plots and checkpoint to OUT.
+    """
+    def body():
+        from passes.seed import seed as seed_pass
+
+        from .config import TrainConfig
+        from .graph import trace as _trace
+        from .train import train_run
+        cfg = TrainConfig(epochs=epochs, batch_size=64, lr=0.05, lr_decay_every=0.5, f_growth=0.5, beta=0.6,
+                          prune_start=0.6, prune_end=0.8, tau_accu=0.8, gamma_w=0.3, saliency_batches=4,
+                          eval_batch_size=500).validate()
+        torch.manual_seed(0)
+        cg = _trace(zoo.build("lenet5"), (1, 1, 28, 28))
+        rep = seed_pass(cg, 0.25, select="first", reinit=True)
+        console.print("[bold]cgap-graph demo[/bold]: LeNet-5 seed (a quarter of 20-50-500-10) on the built-in "
+                      "MNIST subset (3,000 training / 1,000 test images)")
+        res = train_run(cg.module, (1, 1, 28, 28), "mnist-mini", out, cfg, reference_widths=rep.reference_widths,
+                        console=console, meta={"model": "lenet5", "dataset": "mnist-mini"})
+        _print_run(res)
+    _run(body)
+
+
 @app.command("zoo")
 def zoo_cmd():
     """List the built-in models (use their names as MODEL)."""

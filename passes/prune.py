@@ -44,15 +44,26 @@ class PruneReport:
     inexact: list[str] = field(default_factory=list)  # groups whose removal changes cross-channel statistics
 
 
+def layer_rate(key: str, rate: float, layer_rates: dict[str, float] | None) -> float:
+    """The rate for a weight tensor: its layer's entry in ``layer_rates`` (module path), else ``rate``."""
+    if layer_rates:
+        mod = key.rpartition(".")[0]
+        if mod in layer_rates:
+            return float(layer_rates[mod])
+    return rate
+
+
 @torch.no_grad()
-def zero_weights(cg: ChannelGraph, sal: Saliency, rate: float) -> tuple[int, int]:
-    """Zero the ``rate`` fraction of lowest-scoring weights in every weight tensor (Alg. 3, l. 1-5)."""
+def zero_weights(cg: ChannelGraph, sal: Saliency, rate: float,
+                 layer_rates: dict[str, float] | None = None) -> tuple[int, int]:
+    """Zero the lowest-scoring fraction of weights in every weight tensor (Alg. 3, l. 1-5): ``rate``,
+    or the layer's own rate from ``layer_rates`` (the paper follows per-layer rates for LeNet-5)."""
     gm = cg.module
     zeroed = total = 0
     for key in sorted({s.key for s in weight_slots(cg)}):
         w = _get_tensor(gm, key)
         score = sal.weights[key].to(w.device)
-        k = int(rate * w.numel())
+        k = int(layer_rate(key, rate, layer_rates) * w.numel())
         total += w.numel()
         if k == 0:
             continue
@@ -78,30 +89,73 @@ def unit_sparsity(cg: ChannelGraph, gid: int) -> np.ndarray:
     return np.divide(zeros, counts, out=np.zeros_like(zeros), where=counts > 0)
 
 
-def prune(cg: ChannelGraph, sal: Saliency, weight_rate: float = 0.5, unit_rate: float = 0.5, *,
-          fold: bool = True, shrink: bool = True) -> PruneReport:
-    """Algorithm 3 (see module docstring), in place on ``cg.module``."""
-    check_rates(weight_rate=weight_rate, unit_rate=unit_rate)
-    zeroed, total = zero_weights(cg, sal, weight_rate)
-    report = remove_units(cg, sparse_units(cg, unit_rate), fold=fold, shrink=shrink)
+def prune(cg: ChannelGraph, sal: Saliency, weight_rate: float = 0.5, unit_rate: float | None = 0.5, *,
+          fold: bool = True, shrink: bool = True, layer_rates: dict[str, float] | None = None,
+          target_params: int | None = None) -> PruneReport:
+    """Algorithm 3 (see module docstring), in place on ``cg.module``. With ``layer_rates`` and
+    ``unit_rate=None``, each unit's threshold is the rate of the layers its sparsity counts
+    (gamma_F = gamma_W per layer, as in the paper). With ``target_params``, the units over their
+    threshold go sparsest first and no further than the model needs to fit that budget."""
+    check_rates(weight_rate=weight_rate, **({"unit_rate": unit_rate} if unit_rate is not None else {}))
+    zeroed, total = zero_weights(cg, sal, weight_rate, layer_rates)
+    dead = sparse_units(cg, unit_rate, weight_rate, layer_rates, with_sparsity=target_params is not None)
+    if target_params is not None:
+        dead = _within_budget(cg, dead, target_params)
+    report = remove_units(cg, dead, fold=fold, shrink=shrink)
     report.weights_zeroed, report.weights_total = zeroed, total
     return report
 
 
-def sparse_units(cg: ChannelGraph, unit_rate: float) -> dict[int, list[int]]:
-    """Units more than ``unit_rate`` sparse, per prunable group (Alg. 3, l. 6-8); each group
-    keeps at least one unit."""
+def sparse_units(cg: ChannelGraph, unit_rate: float | None, weight_rate: float | None = None,
+                 layer_rates: dict[str, float] | None = None, with_sparsity: bool = False) -> dict:
+    """Units more sparse than their threshold, per prunable group (Alg. 3, l. 6-8); each group
+    keeps at least one unit. The threshold is ``unit_rate``, or (``None``) the mean weight rate of
+    the layers the unit's sparsity counts."""
     dead: dict[int, list[int]] = {}
     for g in cg.groups:
         if not g.prunable:
             continue
         sp = unit_sparsity(cg, g.id)
-        units = [int(u) for u in np.nonzero(sp > unit_rate)[0]]
+        if unit_rate is None:
+            rates = [layer_rate(s.key, weight_rate, layer_rates) for s, _ in unit_weights(cg, g.id)]
+            threshold = float(np.mean(rates)) if rates else weight_rate
+        else:
+            threshold = unit_rate
+        units = [int(u) for u in np.nonzero(sp > threshold)[0]]
         if len(units) >= g.width:  # keep the least sparse unit
             units.remove(int(np.argmin(sp)))
         if units:
-            dead[g.id] = units
+            dead[g.id] = [(u, float(sp[u])) for u in units] if with_sparsity else units
     return dead
+
+
+def unit_params(cg: ChannelGraph, gid: int) -> float:
+    """Parameters one unit of a group holds across all its members (rows, columns, norms ...)."""
+    t = cg.an.t
+    g = cg.group(gid)
+    total = 0.0
+    for s in cg.an.slots.values():
+        ids = t.unit_ids(s.expr, g.space)
+        per_unit = int((ids >= 0).sum()) / max(1, g.width)
+        if per_unit == 0 or cg.traced.attr_kind.get(s.key, "param") != "param":
+            continue
+        w = _get_tensor(cg.module, s.key)
+        total += per_unit * (w.numel() / w.shape[s.dim])
+    return total
+
+
+def _within_budget(cg: ChannelGraph, candidates: dict, target: int) -> dict[int, list[int]]:
+    """Take candidate units sparsest first while the model is above ``target`` parameters."""
+    params = cg.param_count()
+    order = sorted(((sp, gid, u) for gid, items in candidates.items() for u, sp in items), reverse=True)
+    cost = {gid: unit_params(cg, gid) for gid in candidates}
+    chosen: dict[int, list[int]] = {}
+    for _sp, gid, u in order:
+        if params <= target:
+            break
+        chosen.setdefault(gid, []).append(u)
+        params -= cost[gid]
+    return {gid: sorted(us) for gid, us in chosen.items()}
 
 
 def prune_units(cg: ChannelGraph, sal: Saliency, rate: float, *, fold: bool = True) -> PruneReport:

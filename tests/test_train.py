@@ -1,0 +1,175 @@
+"""CGaP training (issue #4): the schedule of Algorithm 1, metrics, checkpoints, resume, NaN
+handling, bad input, the command line, the demo and the API example."""
+
+import json
+import os
+import shutil
+import stat
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import cgap_graph as cg
+from cgap_graph import zoo
+from cgap_graph.cli import app
+from cgap_graph.config import TrainConfig, load_config
+from cgap_graph.data import DataError
+from cgap_graph.errors import CgapError
+from cgap_graph.graph import trace
+from cgap_graph.train import CHECKPOINT, METRICS, TrainingDiverged, train_run
+from passes.seed import seed
+
+SHAPE = (1, 1, 28, 28)
+runner = CliRunner()
+
+
+def quick_config(**kw) -> TrainConfig:
+    base = dict(epochs=6, batch_size=64, lr=0.05, lr_decay_every=0.5, f_growth=0.5, beta=0.6,
+                prune_start=0.5, prune_end=0.84, tau_accu=0.5, gamma_w=0.3, saliency_batches=3,
+                eval_batch_size=500, train_limit=1500, test_limit=500)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def lenet_seed():
+    torch.manual_seed(0)
+    g = trace(zoo.build("lenet5"), SHAPE)
+    rep = seed(g, 0.25, select="first", reinit=True)
+    return g.module, rep.reference_widths
+
+
+def test_schedule_grows_prunes_learns_and_resumes(tmp_path):
+    cfg = quick_config()
+    model, ref = lenet_seed()
+    full = train_run(model, SHAPE, "mnist-mini", tmp_path / "full", cfg, reference_widths=ref, progress=False)
+    phases = [m["phase"] for m in full.metrics]
+    assert any(p.startswith("grow") for p in phases), phases
+    assert any(p.endswith("prune") for p in phases), phases
+    peak = max(m["params"] for m in full.metrics)
+    assert full.metrics[0]["params"] < peak and full.params < peak  # grew, then shrank
+    assert full.test_accuracy > 0.5  # chance is 0.1
+    # kill after 3 epochs, resume: same widths, same metrics
+    model, ref = lenet_seed()
+    part = train_run(model, SHAPE, "mnist-mini", tmp_path / "killed", cfg, reference_widths=ref, progress=False,
+                     stop_after=3)
+    assert part.epochs == 3 and not (tmp_path / "killed" / "model.pt").exists()
+    resumed = train_run(None, SHAPE, "mnist-mini", tmp_path / "killed", cfg, resume=True, progress=False)
+    assert resumed.widths == full.widths
+    assert resumed.test_accuracy == full.test_accuracy
+    a = [json.loads(ln) for ln in (tmp_path / "full" / METRICS).read_text().splitlines()]
+    b = [json.loads(ln) for ln in (tmp_path / "killed" / METRICS).read_text().splitlines()]
+    assert [r["loss"] for r in a] == [r["loss"] for r in b] and len(b) == cfg.epochs
+
+
+def test_run_outputs_and_metrics(tmp_path):
+    cfg = quick_config(epochs=3, f_pruning=0)
+    model, ref = lenet_seed()
+    train_run(model, SHAPE, "mnist-mini", tmp_path, cfg, reference_widths=ref, progress=False)
+    for name in ("model.pt", METRICS, CHECKPOINT, "params.png", "widths.png", "summary.json"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    row = json.loads((tmp_path / METRICS).read_text().splitlines()[0])
+    for key in ("epoch", "phase", "lr", "loss", "train_acc", "test_acc", "params", "flops", "widths"):
+        assert key in row
+    loaded = cg.load_model(str(tmp_path / "model.pt"))
+    assert loaded.meta["capacity"] == ref
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    cfg = quick_config(epochs=4, f_growth=0, f_pruning=0)
+    model, ref = lenet_seed()
+    train_run(model, SHAPE, "mnist-mini", tmp_path, cfg, reference_widths=ref, progress=False, stop_after=1)
+    good = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert good["epoch"] == 1
+    bad = quick_config(epochs=4, f_growth=0, f_pruning=0, lr=1e12)  # diverges within an epoch
+    with pytest.raises(TrainingDiverged, match="epoch 2"):
+        train_run(None, SHAPE, "mnist-mini", tmp_path, bad, resume=True, progress=False)
+    kept = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert kept["epoch"] == 1 and not (tmp_path / "model.pt").exists()
+
+
+def test_bad_input_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    cfg = quick_config(epochs=1)
+    model, ref = lenet_seed()
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match="no data directory"):
+        monkeypatch.delenv("CGAP_DATA_DIR", raising=False)
+        train_run(model, SHAPE, "mnist", out, cfg, progress=False)
+    empty = tmp_path / "data"
+    (empty / "mnist").mkdir(parents=True)
+    with pytest.raises(DataError, match="missing; put the original mnist files"):
+        train_run(model, SHAPE, "mnist", out, cfg, data_dir=str(empty), progress=False)
+    src = Path(os.environ.get("CGAP_DATA_DIR", "/nonexistent")) / "mnist"
+    if src.exists():  # a truncated copy of the real files
+        for f in src.iterdir():
+            shutil.copy(f, empty / "mnist" / f.name)
+        victim = empty / "mnist" / "t10k-labels-idx1-ubyte.gz"
+        os.chmod(victim, 0o644)
+        victim.write_bytes(victim.read_bytes()[:100])
+        with pytest.raises(DataError, match="truncated or not the original"):
+            train_run(model, SHAPE, "mnist", out, cfg, data_dir=str(empty), progress=False)
+    with pytest.raises(DataError, match="gives inputs of shape"):
+        train_run(model, SHAPE, "cifar10", out, cfg, progress=False)
+    assert not out.exists()  # nothing was written for bad input
+    if os.geteuid() != 0:  # root can write anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
+        with pytest.raises(CgapError, match="cannot write"):
+            train_run(model, SHAPE, "mnist-mini", locked / "run", cfg, progress=False)
+
+
+def test_config_file_and_overrides(tmp_path):
+    path = tmp_path / "cgap.toml"
+    path.write_text("[train]\nepochs = 7\nbeta = 0.4\ngamma-w = 0.3\n[train.gamma_w_layers]\nfc1 = 0.9\n")
+    cfg = load_config(path, {"beta": 0.5})
+    assert (cfg.epochs, cfg.beta, cfg.gamma_w, cfg.gamma_w_layers) == (7, 0.5, 0.3, {"fc1": 0.9})
+    path.write_text("[train]\nbogus = 1\n")
+    with pytest.raises(CgapError, match="unknown setting 'bogus'"):
+        load_config(path, {})
+    for kw, match in [({"beta": 0}, "beta"), ({"gamma_w": 1.0}, "gamma-w"), ({"tau_accu": 1.5}, "tau-accu"),
+                      ({"prune_start": 0.9, "prune_end": 0.5}, "prune-start"), ({"epochs": 0}, "epochs")]:
+        with pytest.raises(CgapError, match=match):
+            TrainConfig(**kw).validate()
+    cfg = TrainConfig(epochs=60)
+    assert [cfg.lr_at(e) for e in (1, 18, 19, 36, 37, 55)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 1e-4])
+    assert [e for e in range(1, 13) if cfg.grows_at(e)] == [3, 6, 9, 12]
+
+
+def test_cli_train_and_resume(tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--model", "lenet5", "--seed-width", "0.25", "--dataset", "mnist-mini", "--epochs", "4",
+            "--train-limit", "1000", "--test-limit", "300", "--batch-size", "64", "--lr", "0.05",
+            "--f-growth", "0.5", "--prune-start", "0.75", "--tau-accu", "0.3", "--gamma-w-layer", "fc1=0.6",
+            "--out", str(out)]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert "done: 4 epochs" in r.output and (out / "model.pt").exists()
+    r = runner.invoke(app, ["train", "--dataset", "mnist-mini", "--out", str(tmp_path / "none"), "--resume"])
+    assert r.exit_code == 2 and "no checkpoint" in r.output
+    r = runner.invoke(app, ["train", "--model", "lenet5", "--dataset", "cifar10", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "gives inputs of shape" in r.output
+    r = runner.invoke(app, ["train", "--model", "lenet5", "--dataset", "mnist-mini", "--gamma-w-layer", "fc1",
+                            "--out", str(tmp_path / "y")])
+    assert r.exit_code == 2 and "NAME=RATE" in r.output
+
+
+def test_demo_is_quick_and_shows_growth_and_pruning(tmp_path):
+    t = time.perf_counter()
+    r = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo")])
+    assert r.exit_code == 0, r.output
+    assert time.perf_counter() - t < 180
+    assert " grow" in r.output and "prune" in r.output and "done: 10 epochs" in r.output
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert summary["test_accuracy"] > 0.8
+
+
+def test_api_example_runs():
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+    import custom_loop
+    acc = custom_loop.main(epochs=4)
+    assert acc > 0.5
