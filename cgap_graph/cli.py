@@ -377,6 +377,8 @@ _HYPER_HELP = {
     "prune_start": "No pruning before this fraction of the epochs.",
     "prune_end": "Last pruning step at this fraction of the epochs; then fine-tune.",
     "prune_target": "Stop pruning once the model has at most this many parameters.",
+    "zero_survivors": "Keep Algorithm 3's zeroed weights in the units that stay (paper); "
+                      "--no-zero-survivors gives them back: the zeros only choose the units to remove.",
     "saliency": "taylor (paper), magnitude or random.",
     "saliency_batches": "Batches for each saliency estimate.",
     "seed": "Random seed.",
@@ -396,11 +398,15 @@ def _hyper_params():
     for f in dataclasses.fields(TrainConfig):
         if f.name in ("extra", "gamma_w_layers"):
             continue
-        typ = {"int": int, "float": float, "str": str}.get(str(f.type).split(" ")[0].replace("|", "").strip(), None)
-        typ = int if f.type in ("int", "int | None") else float if f.type in ("float", "float | None") else str
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            typ, decls = bool, [f"{flag}/--no-{flag[2:]}"]
+        else:
+            typ = int if f.type in ("int", "int | None") else float if f.type in ("float", "float | None") else str
+            decls = [flag]
         params.append(_inspect.Parameter(
             f.name, _inspect.Parameter.KEYWORD_ONLY, annotation=typ | None,
-            default=typer.Option(None, "--" + f.name.replace("_", "-"), help=_HYPER_HELP.get(f.name, ""),
+            default=typer.Option(None, *decls, help=_HYPER_HELP.get(f.name, ""),
                                  rich_help_panel="CGaP hyper-parameters (override --config)")))
     return params
 

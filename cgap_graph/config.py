@@ -45,6 +45,7 @@ class TrainConfig:
     prune_start: float = 0.5
     prune_end: float = 0.8
     prune_target: int | None = None  # stop pruning once the model has at most this many parameters
+    zero_survivors: bool = True  # keep Alg. 3's zeroed weights in the units that stay (False: restore them)
     saliency: str = "taylor"  # taylor | magnitude | random
     saliency_batches: int = 10
     # run
@@ -84,6 +85,7 @@ class TrainConfig:
              f"prune-target must be a positive number of parameters, got {self.prune_target}")
         need(self.saliency in ("taylor", "magnitude", "random"),
              f"saliency must be taylor, magnitude or random, got '{self.saliency}'")
+        need(isinstance(self.zero_survivors, bool), f"zero-survivors must be true or false, got {self.zero_survivors!r}")
         need(self.saliency_batches >= 1, f"saliency-batches must be >= 1, got {self.saliency_batches}")
         return self
 

@@ -115,7 +115,8 @@ class CGaP:
             self.pruning_started = True
             rep = prune(self.cg, self._saliency(epoch), c.gamma_w,
                         c.gamma_f if c.gamma_f is not None or not c.gamma_w_layers else None,
-                        layer_rates=c.gamma_w_layers or None, target_params=c.prune_target)
+                        layer_rates=c.gamma_w_layers or None, target_params=c.prune_target,
+                        zero_survivors=c.zero_survivors)
             if rep.surgery is not None and rep.surgery.changed:
                 optimizer = carry_optimizer(optimizer, self.model, rep.surgery)
             removed = sum(len(v) for v in rep.removed.values())
@@ -224,9 +225,11 @@ def _check_output_dir(out: Path) -> None:
 def train_run(model: nn.Module, input_shape: tuple[int, ...], dataset: str, out_dir: str | Path,
               config: TrainConfig, *, data_dir: str | None = None, resume: bool = False,
               reference_widths: dict[str, int] | None = None, console=None, progress: bool = True,
-              stop_after: int | None = None, meta: dict[str, Any] | None = None) -> RunResult:
+              stop_after: int | None = None, meta: dict[str, Any] | None = None,
+              loss_fn: Callable = F.cross_entropy) -> RunResult:
     """Algorithm 1 end to end (see module docstring). ``stop_after`` ends the run after that many
-    epochs of this call (used to test resuming)."""
+    epochs of this call (used to test resuming). ``loss_fn(logits, targets, reduction=...)`` is used
+    for training, saliency and evaluation alike."""
     from . import data as D
     from .model_io import save_model
     config.validate()
@@ -258,7 +261,8 @@ def train_run(model: nn.Module, input_shape: tuple[int, ...], dataset: str, out_
         start = saved["epoch"] + 1
     _check_output_dir(out)
     torch.manual_seed(config.seed)
-    cgap = CGaP(model, input_shape, config, saliency_data=saliency_loader, reference_widths=reference_widths)
+    cgap = CGaP(model, input_shape, config, saliency_data=saliency_loader, reference_widths=reference_widths,
+                loss_fn=loss_fn)
     cgap.model.to(device)
     optimizer = cgap.make_optimizer()
     metrics: list[dict[str, Any]] = []
@@ -294,7 +298,7 @@ def train_run(model: nn.Module, input_shape: tuple[int, ...], dataset: str, out_
         if events:  # the saliency batches of a structural step
             train_flops += 3 * sal_before * config.saliency_batches * config.batch_size * sum(
                 1 for e in events if e.startswith(("grew", "pruned")))
-        test = evaluate(cgap.model, test_loader, device)
+        test = evaluate(cgap.model, test_loader, device, loss_fn)
         grew = any(e.startswith("grew") for e in events)
         pruned = any(e.startswith("pruned") for e in events)
         phase = ("grow+prune" if grew and pruned else "grow" if grew else "prune" if pruned else
@@ -336,12 +340,12 @@ def train_run(model: nn.Module, input_shape: tuple[int, ...], dataset: str, out_
 
 def _run_epoch(cgap, loader, optimizer, device, epoch, epochs, console, progress) -> EpochResult:
     if not progress or not console.is_terminal:
-        return train_epoch(cgap.model, loader, optimizer, device, epoch=epoch)
+        return train_epoch(cgap.model, loader, optimizer, device, cgap.loss_fn, epoch=epoch)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     with Progress(TextColumn(f"epoch {epoch}/{epochs}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
         task = bar.add_task("train", total=len(loader.dataset))
-        return train_epoch(cgap.model, loader, optimizer, device, epoch=epoch,
+        return train_epoch(cgap.model, loader, optimizer, device, cgap.loss_fn, epoch=epoch,
                            progress=lambda n: bar.advance(task, n))
 
 

@@ -6,7 +6,6 @@ import os
 import shutil
 import stat
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -85,9 +84,12 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     train_run(model, SHAPE, "mnist-mini", tmp_path, cfg, reference_widths=ref, progress=False, stop_after=1)
     good = torch.load(tmp_path / CHECKPOINT, weights_only=True)
     assert good["epoch"] == 1
-    bad = quick_config(epochs=4, f_growth=0, f_pruning=0, lr=1e12)  # diverges within an epoch
-    with pytest.raises(TrainingDiverged, match="epoch 2"):
-        train_run(None, SHAPE, "mnist-mini", tmp_path, bad, resume=True, progress=False)
+
+    def nan_loss(out, y, reduction="mean"):  # a loss that blows up as soon as training resumes
+        return torch.nn.functional.cross_entropy(out, y, reduction=reduction) * float("nan")
+
+    with pytest.raises(TrainingDiverged, match="epoch 2, batch 1"):
+        train_run(None, SHAPE, "mnist-mini", tmp_path, cfg, resume=True, progress=False, loss_fn=nan_loss)
     kept = torch.load(tmp_path / CHECKPOINT, weights_only=True)
     assert kept["epoch"] == 1 and not (tmp_path / "model.pt").exists()
 
@@ -159,10 +161,9 @@ def test_cli_train_and_resume(tmp_path):
 
 
 def test_demo_is_quick_and_shows_growth_and_pruning(tmp_path):
-    t = time.perf_counter()
+    # its speed (under 3 minutes on 2 cores) is measured by benchmarks/demo_time.py, not here
     r = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo")])
     assert r.exit_code == 0, r.output
-    assert time.perf_counter() - t < 180
     assert " grow" in r.output and "prune" in r.output and "done: 10 epochs" in r.output
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     assert summary["test_accuracy"] > 0.8
