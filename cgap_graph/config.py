@@ -85,7 +85,8 @@ class TrainConfig:
              f"prune-target must be a positive number of parameters, got {self.prune_target}")
         need(self.saliency in ("taylor", "magnitude", "random"),
              f"saliency must be taylor, magnitude or random, got '{self.saliency}'")
-        need(isinstance(self.zero_survivors, bool), f"zero-survivors must be true or false, got {self.zero_survivors!r}")
+        need(isinstance(self.zero_survivors, bool),
+             f"zero-survivors must be true or false, got {self.zero_survivors!r}")
         need(self.saliency_batches >= 1, f"saliency-batches must be >= 1, got {self.saliency_batches}")
         return self
 

@@ -92,11 +92,12 @@ def unit_sparsity(cg: ChannelGraph, gid: int) -> np.ndarray:
 def prune(cg: ChannelGraph, sal: Saliency, weight_rate: float = 0.5, unit_rate: float | None = 0.5, *,
           fold: bool = True, shrink: bool = True, layer_rates: dict[str, float] | None = None,
           target_params: int | None = None, zero_survivors: bool = True) -> PruneReport:
-    """Algorithm 3 (see module docstring), in place on ``cg.module``. With ``zero_survivors=False``
-    the zeroed weights only choose the units to remove: the units that stay get their weights back. With ``layer_rates`` and
+    """Algorithm 3 (see module docstring), in place on ``cg.module``. With ``layer_rates`` and
     ``unit_rate=None``, each unit's threshold is the rate of the layers its sparsity counts
     (gamma_F = gamma_W per layer, as in the paper). With ``target_params``, the units over their
-    threshold go sparsest first and no further than the model needs to fit that budget."""
+    threshold go sparsest first and no further than the model needs to fit that budget. With
+    ``zero_survivors=False`` the zeroed weights only choose the units to remove: the units that
+    stay get their weights back."""
     check_rates(weight_rate=weight_rate, **({"unit_rate": unit_rate} if unit_rate is not None else {}))
     saved = None if zero_survivors else {k: _get_tensor(cg.module, k).detach().clone()
                                          for k in {s.key for s in weight_slots(cg)}}

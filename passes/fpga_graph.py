@@ -1,0 +1,408 @@
+"""Read an ONNX CNN into the work an FPGA accelerator does for one inference.
+
+The accelerator (Ma et al., TCAD 2019) runs one MAC layer at a time: Conv, Gemm and MatMul become
+``MacLayer``s. Shapes come from ONNX shape inference; the first axis of every activation is the
+batch and is dropped (a symbolic or fixed batch is costed as one inference).
+
+Fusion rule (ours, the usual one for such accelerators): the ops that follow a MAC layer along a
+chain of single-reader tensors are applied to its output tile on chip before the write-back, so
+they cost no DRAM traffic of their own:
+
+- BatchNormalization (folded into the weights and a bias), activations and other unary
+  elementwise ops, and binary elementwise ops with a constant operand (bias adds, scales);
+- pooling (MaxPool, AveragePool, global pools, ReduceMean/Max): only the pooled map is written;
+- a binary elementwise op (the residual Add) whose other operand an earlier layer already wrote:
+  that operand is read from DRAM during the write-back (``extra_elems``).
+
+Concat and shape-only ops (Reshape, Flatten, Squeeze, Identity, Dropout ...) are free: producers
+write into their slice of the concatenation, and views move no data. Any other known op (an
+elementwise op that could not be fused, Transpose, Softmax, Pad, Resize, LayerNorm ...) is a
+memory-bound ``MemoryPass``: it reads its inputs from DRAM and writes its outputs. Ops whose
+inputs are all constant (shape arithmetic) cost nothing. An op the model does not know, or one
+whose shapes are unknown, is skipped and reported by name.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from cgap_graph.errors import CgapError
+
+MAC_OPS = {"Conv", "Gemm", "MatMul"}
+UNARY_OPS = {
+    "Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu", "Celu", "Softplus",
+    "Softsign", "Gelu", "Erf", "Exp", "Log", "Neg", "Abs", "Sqrt", "Reciprocal", "Cast", "Mish", "Round", "Floor",
+    "Ceil", "Sign", "BatchNormalization", "ThresholdedRelu", "Shrink",
+}
+BINARY_OPS = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu"}
+POOL_OPS = {"MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool",
+            "ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL2"}
+FREE_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Dropout", "Concat", "Shape", "Size",
+            "Constant", "ConstantOfShape"}
+MEMORY_OPS = {
+    "Transpose", "Slice", "Split", "Gather", "GatherElements", "Pad", "Resize", "Upsample", "Softmax", "LogSoftmax",
+    "LayerNormalization", "InstanceNormalization", "GroupNormalization", "LpNormalization", "Expand", "Tile",
+    "DepthToSpace", "SpaceToDepth", "ArgMax", "ArgMin", "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual",
+    "Not", "And", "Or", "Where", "CumSum", "TopK", "ReduceProd", "ReduceLogSumExp", "ReduceL1", "ReduceSumSquare",
+}
+_METADATA_OPS = {"Shape", "Size"}
+_ONNX_DOMAINS = ("", "ai.onnx")
+
+
+@dataclass
+class MacLayer:
+    """One Conv/Gemm/MatMul in Ma et al.'s loop nest notation (N: sizes, i/o: input/output,
+    x/y: columns/rows, f: channels, k: kernel), with what is fused into it."""
+
+    name: str
+    op: str
+    nif: int
+    niy: int
+    nix: int
+    nof: int
+    noy: int
+    nox: int
+    nky: int = 1
+    nkx: int = 1
+    stride_y: int = 1
+    dilation_y: int = 1
+    pad_top: int = 0
+    groups: int = 1
+    bias: bool = False
+    repeat: int = 1  # independent copies (batched MatMul heads)
+    out_elems: int = 0  # elements written to DRAM (after fused pooling)
+    extra_elems: int = 0  # elements of fused operands read from DRAM (residual Add ...)
+    fused: list[str] = field(default_factory=list)
+    weights: np.ndarray | None = None  # (nof, K) constant weights, for sparsity counts
+
+    @property
+    def k(self) -> int:
+        """Weights per output channel (the MACs of one output pixel)."""
+        return self.nif // self.groups * self.nky * self.nkx
+
+    @property
+    def macs(self) -> int:
+        return self.repeat * self.nof * self.noy * self.nox * self.k
+
+    @property
+    def conv_out_elems(self) -> int:
+        return self.nof * self.noy * self.nox
+
+    def in_rows(self, y0: int, y1: int) -> int:
+        """Input rows (inside the image: padding is generated on chip) that output rows [y0, y1) read."""
+        lo = y0 * self.stride_y - self.pad_top
+        hi = (y1 - 1) * self.stride_y - self.pad_top + (self.nky - 1) * self.dilation_y
+        return max(0, min(hi, self.niy - 1) - max(lo, 0) + 1)
+
+    def describe(self) -> str:
+        if self.op == "Conv":
+            s = f"{self.nif}x{self.niy}x{self.nix} -> {self.nof}x{self.noy}x{self.nox} k{self.nky}x{self.nkx}"
+            s += f" s{self.stride_y}" + (f" g{self.groups}" if self.groups > 1 else "")
+        else:
+            s = f"{self.nox}x{self.nif} @ {self.nif}x{self.nof}"
+        return s + (f" x{self.repeat}" if self.repeat > 1 else "")
+
+
+@dataclass
+class MemoryPass:
+    """An op that cannot be fused: it streams its inputs from DRAM and its outputs back."""
+
+    name: str
+    op: str
+    read_elems: list[int]
+    write_elems: list[int]
+    fused: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        return f"read {sum(self.read_elems):,} / write {sum(self.write_elems):,} elems"
+
+
+@dataclass
+class Workload:
+    name: str
+    layers: list[MacLayer | MemoryPass]
+    skipped: list[str]
+
+
+def load_onnx(source: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+    """The model and a display name; a file that is not ONNX is a one-line CgapError."""
+    if isinstance(source, onnx.ModelProto):
+        return source, source.graph.name or "model"
+    path = Path(source)
+    fix = "export the model to ONNX first (e.g. torch.onnx.export, or cgap-graph's export command)"
+    if not path.is_file():
+        raise CgapError(f"{path} does not exist; give an .onnx file ({fix})")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:  # protobuf DecodeError, missing external data, ...
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CgapError(f"{path} is not an ONNX model ({reason}); {fix}") from None
+    if model.ir_version == 0 or not model.graph.node:
+        raise CgapError(f"{path} is not an ONNX model (no graph in it); {fix}")
+    return model, path.stem
+
+
+def _dims(vi: onnx.ValueInfoProto) -> list[int | None] | None:
+    t = vi.type.tensor_type
+    if not t.HasField("shape"):
+        return None
+    return [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in t.shape.dim]
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+class _Graph:
+    """Shapes, constants, producers and readers of one ONNX graph."""
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.inference_error = ""
+        self.batch = 1  # inferences in one run of the graph (a symbolic batch axis is set to 1)
+        g = _infer_shapes(model, self).graph
+        self.nodes = list(g.node)
+        self.shapes: dict[str, list[int | None] | None] = {}
+        for vi in list(g.input) + list(g.value_info) + list(g.output):
+            self.shapes[vi.name] = _dims(vi)
+        self.inits = {t.name: t for t in g.initializer}
+        for name, t in self.inits.items():
+            self.shapes.setdefault(name, list(t.dims))
+        self.outputs = {o.name for o in g.output}
+        self.producer: dict[str, int] = {}
+        self.readers: dict[str, list[int]] = {}
+        self.const_nodes: dict[str, onnx.NodeProto] = {}
+        self.activation: set[str] = {i.name for i in g.input if i.name not in self.inits}
+        for i, n in enumerate(self.nodes):
+            for t in n.input:
+                if t:
+                    self.readers.setdefault(t, []).append(i)
+            for t in n.output:
+                self.producer[t] = i
+            if n.op_type in _METADATA_OPS:  # a shape is not data: what is computed from it is free
+                continue
+            if any(t in self.activation for t in n.input):
+                self.activation.update(t for t in n.output if t)
+            elif n.op_type in ("Constant", "Identity"):
+                for t in n.output:
+                    self.const_nodes[t] = n
+
+    def elems(self, name: str) -> int | None:
+        """Elements of one inference (an activation holds ``batch`` of them); None if unknown."""
+        dims = self.shapes.get(name)
+        if dims is None or any(d is None for d in dims):
+            return None
+        return self.per_inference(math.prod(dims)) if name in self.activation else math.prod(dims)
+
+    def per_inference(self, count: int) -> int:
+        return max(1, count // self.batch)
+
+    def dims(self, name: str) -> list[int | None] | None:
+        return self.shapes.get(name)
+
+    def const(self, name: str) -> np.ndarray | None:
+        """The value of a constant tensor (initializer, Constant, Identity of one), else None."""
+        if name in self.inits:
+            return numpy_helper.to_array(self.inits[name])
+        node = self.const_nodes.get(name)
+        if node is None:
+            return None
+        if node.op_type == "Identity":
+            return self.const(node.input[0])
+        a = _attrs(node)
+        if "value" in a:
+            return numpy_helper.to_array(a["value"])
+        return None
+
+
+def _infer_shapes(model: onnx.ModelProto, graph: _Graph) -> onnx.ModelProto:
+    """ONNX shape inference (with data propagation, so computed Reshape shapes resolve) on a copy
+    whose symbolic batch axes are 1 and whose undeclared custom domains are declared (inference
+    skips their ops). If inference still fails: the shapes already stored in the file."""
+    inits = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits and i.type.tensor_type.shape.dim]
+    symbolic = [i.name for i in inputs if not i.type.tensor_type.shape.dim[0].dim_value]
+    fixed = [i.type.tensor_type.shape.dim[0].dim_value for i in inputs if i.name not in symbolic]
+    graph.batch = fixed[0] if fixed and not symbolic else 1
+    declared = {o.domain for o in model.opset_import} | set(_ONNX_DOMAINS)
+    missing = sorted({n.domain for n in model.graph.node} - declared)
+    work = model
+    if symbolic or missing:
+        work = onnx.ModelProto()
+        work.CopyFrom(model)
+        for i in work.graph.input:
+            if i.name in symbolic:
+                i.type.tensor_type.shape.dim[0].dim_value = 1
+        for d in missing:
+            work.opset_import.append(onnx.helper.make_opsetid(d, 1))
+    try:
+        return onnx.shape_inference.infer_shapes(work, data_prop=True)
+    except Exception as exc:
+        graph.inference_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return work
+
+
+def node_name(node: onnx.NodeProto, index: int) -> str:
+    return node.name or (node.output[0] if node.output else f"{node.op_type}_{index}")
+
+
+def read_workload(model: onnx.ModelProto, name: str = "model", *, want_weights: bool = False) -> Workload:
+    """The MAC layers, memory passes and skipped ops of ``model`` in execution order."""
+    g = _Graph(model)
+    layers: list[MacLayer | MemoryPass] = []
+    skipped: list[str] = []
+    if g.inference_error:
+        skipped.append(f"(shape inference failed: {g.inference_error}; only the shapes stored in the file are used)")
+    fused: set[int] = set()
+    for i, node in enumerate(g.nodes):
+        if i in fused or not any(t in g.activation for t in node.input):
+            continue  # fused into an earlier layer, or constant arithmetic (shapes, folded weights)
+        label = node_name(node, i)
+        known = node.domain in _ONNX_DOMAINS
+        op = node.op_type
+        if not known or op not in MAC_OPS | UNARY_OPS | BINARY_OPS | POOL_OPS | FREE_OPS | MEMORY_OPS:
+            domain = f"{node.domain}:" if node.domain not in _ONNX_DOMAINS else ""
+            skipped.append(f"{label} ({domain}{op}): no cost model for this op")
+            continue
+        if op in FREE_OPS:
+            continue
+        if op in MAC_OPS:
+            layer, why = _mac_layer(g, node, label, want_weights)
+            if layer is None:
+                skipped.append(f"{label} ({op}): {why}")
+                continue
+            _fuse_chain(g, i, layer, fused)
+            layers.append(layer)
+            continue
+        reads = [g.elems(t) for t in node.input if t in g.activation]
+        writes = [g.elems(t) for t in node.output if t and (t in g.readers or t in g.outputs)]
+        if any(e is None for e in reads + writes):
+            skipped.append(f"{label} ({op}): shape unknown after shape inference")
+            continue
+        layers.append(MemoryPass(label, op, reads, writes))
+    return Workload(name, layers, skipped)
+
+
+def _mac_layer(g: _Graph, node: onnx.NodeProto, label: str, want_weights: bool
+               ) -> tuple[MacLayer | None, str]:
+    if node.op_type == "Conv":
+        return _conv(g, node, label, want_weights)
+    if node.op_type == "Gemm":
+        return _gemm(g, node, label, want_weights)
+    return _matmul(g, node, label, want_weights)
+
+
+def _known(dims: list[int | None] | None, rank: int | None = None) -> bool:
+    return dims is not None and all(d is not None for d in dims) and (rank is None or len(dims) == rank)
+
+
+def _conv(g: _Graph, node: onnx.NodeProto, label: str, want_weights: bool) -> tuple[MacLayer | None, str]:
+    x, w, y = g.dims(node.input[0]), g.dims(node.input[1]), g.dims(node.output[0])
+    if not (x and y and _known(x[1:]) and _known(y[1:]) and _known(w)):
+        return None, ("shape unknown after shape inference (an input comes from a skipped op, or the image size "
+                      "is symbolic: export with a fixed input size)")
+    if len(x) not in (3, 4):
+        return None, f"{len(x) - 2}-D convolution is not modelled (only 1-D and 2-D)"
+    a = _attrs(node)
+    if len(x) == 3:  # 1-D: one row
+        x, y, w = [x[0], x[1], 1, x[2]], [y[0], y[1], 1, y[2]], [w[0], w[1], 1, w[2]]
+        strides = [1] + list(a.get("strides", [1]))
+        dilations = [1] + list(a.get("dilations", [1]))
+        pads = [0, 0, 0, 0]
+    else:
+        strides = list(a.get("strides", [1, 1]))
+        dilations = list(a.get("dilations", [1, 1]))
+        pads = list(a.get("pads", [0, 0, 0, 0]))
+    nky = w[2]
+    pad_top = pads[0]
+    auto_pad = a.get("auto_pad", b"NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        total = max(0, (y[2] - 1) * strides[0] + (nky - 1) * dilations[0] + 1 - x[2])
+        pad_top = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
+    elif auto_pad == "VALID":
+        pad_top = 0
+    layer = MacLayer(label, "Conv", nif=x[1], niy=x[2], nix=x[3], nof=y[1], noy=y[2], nox=y[3], nky=nky,
+                     nkx=w[3], stride_y=strides[0], dilation_y=dilations[0], pad_top=pad_top,
+                     groups=int(a.get("group", 1)), bias=len(node.input) > 2 and bool(node.input[2]),
+                     out_elems=y[1] * y[2] * y[3])
+    if want_weights:
+        value = g.const(node.input[1])
+        if value is not None:
+            layer.weights = value.reshape(value.shape[0], -1)
+    return layer, ""
+
+
+def _gemm(g: _Graph, node: onnx.NodeProto, label: str, want_weights: bool) -> tuple[MacLayer | None, str]:
+    a_dims, b_dims = g.dims(node.input[0]), g.dims(node.input[1])
+    a = _attrs(node)
+    if not (_known(b_dims, 2) and _known(a_dims, 2)):
+        return None, "shape unknown after shape inference"
+    trans_b = bool(a.get("transB", 0))
+    n_out, k = (b_dims[0], b_dims[1]) if trans_b else (b_dims[1], b_dims[0])
+    rows = g.per_inference(a_dims[1] if a.get("transA", 0) else a_dims[0])  # rows of A: the batch in a CNN
+    layer = MacLayer(label, "Gemm", nif=k, niy=1, nix=rows, nof=n_out, noy=1, nox=rows,
+                     bias=len(node.input) > 2 and bool(node.input[2]), out_elems=rows * n_out)
+    if want_weights:
+        value = g.const(node.input[1])
+        if value is not None:
+            layer.weights = value if trans_b else value.T
+    return layer, ""
+
+
+def _matmul(g: _Graph, node: onnx.NodeProto, label: str, want_weights: bool) -> tuple[MacLayer | None, str]:
+    a_dims, b_dims = g.dims(node.input[0]), g.dims(node.input[1])
+    if not (_known(a_dims) and _known(b_dims)) or not a_dims or not b_dims:
+        return None, "shape unknown after shape inference"
+    b_is_act = node.input[1] in g.activation
+    k, n_out = (b_dims[-2], b_dims[-1]) if len(b_dims) >= 2 else (b_dims[0], 1)
+    if b_is_act and len(b_dims) >= 3:  # batched product (attention heads): one M x K @ K x N per head
+        repeat = g.per_inference(math.prod(b_dims[:-2]))
+        rows = a_dims[-2] if len(a_dims) >= 2 else 1
+    else:  # activations x a weight matrix: every row of A (tokens, pixels, batch) is one output pixel
+        repeat = 1
+        rows = g.per_inference(math.prod(a_dims[:-1])) if len(a_dims) >= 2 else 1
+    layer = MacLayer(label, "MatMul", nif=k, niy=1, nix=rows, nof=n_out, noy=1, nox=rows, repeat=repeat,
+                     out_elems=repeat * rows * n_out)
+    if want_weights and not b_is_act:
+        value = g.const(node.input[1])
+        if value is not None and value.ndim == 2:
+            layer.weights = value.T
+    return layer, ""
+
+
+def _fuse_chain(g: _Graph, mac_index: int, layer: MacLayer, fused: set[int]) -> None:
+    """Absorb the ops that follow the layer along single-reader tensors (see module docstring)."""
+    t = g.nodes[mac_index].output[0]
+    while t not in g.outputs and len(g.readers.get(t, [])) == 1:
+        j = g.readers[t][0]
+        n = g.nodes[j]
+        if n.domain not in _ONNX_DOMAINS or not n.output:
+            break
+        others = [u for u in n.input if u and u != t]
+        acts = [u for u in others if u in g.activation]
+        if n.op_type in UNARY_OPS or n.op_type in POOL_OPS:
+            if n.input[0] != t or acts:
+                break
+        elif n.op_type in BINARY_OPS:
+            if any(g.producer.get(u, -1) > mac_index for u in acts):
+                break  # the other operand is computed later: the later layer fuses this op
+        else:
+            break
+        sizes = [g.elems(u) for u in acts]
+        out_elems = g.elems(n.output[0])
+        if out_elems is None or any(s is None for s in sizes):
+            break
+        layer.extra_elems += sum(sizes)
+        if n.op_type == "BatchNormalization" or (n.op_type in ("Add", "Sub") and not acts):
+            layer.bias = True  # folded into the weights and a per-channel bias
+        fused.add(j)
+        layer.fused.append(n.op_type)
+        layer.out_elems = out_elems
+        t = n.output[0]
+

@@ -1,0 +1,92 @@
+"""How many DRAM bytes a layer's weights take, dense or with scattered (non-structured) zeros.
+
+A dense-array accelerator (Ma et al.) steps its MAC array over every weight position, so scattered
+zeros never remove compute cycles; the most they can save is weight *storage* in DRAM, if the
+weights are stored compressed and expanded into the (dense) weight buffer on the way in. Two
+formats, chosen by ``HwConfig.sparse_format``; a layer uses the format only where it is smaller
+than dense storage:
+
+- ``zero-bursts`` (default): the weights stay dense, but a 512-bit DRAM word that holds only zeros
+  is not fetched (a bitmap of one bit per word says which). This is what a dense accelerator can
+  exploit without an index decoder: with 60% scattered zeros almost no 32-weight word is all
+  zero, so almost nothing is saved, as the paper found for magnitude pruning (Sec. VI-B).
+  Each filter starts on a word boundary.
+- ``csr``: each non-zero weight is stored with a relative index of ``sparse_index_bits`` bits (the
+  number of zeros before it, as in Han et al., Deep Compression, ICLR 2016); a run of more zeros
+  than the index can count needs a filler entry. An optimistic bound: it needs a decoder the
+  paper's accelerator does not have.
+
+Biases are always dense. Zeros are counted from the constant weights in the ONNX file.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .fpga_config import HwConfig
+from .fpga_graph import MacLayer
+
+
+def zero_word_counts(weights: np.ndarray, word_elems: int) -> np.ndarray:
+    """Per output channel: DRAM words (of ``word_elems`` weights, filter-aligned) holding a non-zero."""
+    nof, k = weights.shape
+    words = math.ceil(k / word_elems)
+    padded = np.zeros((nof, words * word_elems), dtype=bool)
+    padded[:, :k] = weights != 0
+    return padded.reshape(nof, words, word_elems).any(axis=2).sum(axis=1)
+
+
+def csr_entries(weights: np.ndarray, index_bits: int) -> np.ndarray:
+    """Per output channel: stored entries (non-zeros plus fillers for zero runs the index cannot span)."""
+    span = 2 ** index_bits  # an entry can skip up to span - 1 zeros; a filler covers span positions
+    out = np.empty(weights.shape[0], dtype=np.int64)
+    for c, row in enumerate(weights != 0):
+        pos = np.flatnonzero(row)
+        gaps = np.diff(np.concatenate(([-1], pos))) - 1  # zeros before each non-zero
+        out[c] = len(pos) + int((gaps // span).sum())
+    return out
+
+
+class WeightStore:
+    """DRAM bytes and buffer elements of any range of a layer's output channels."""
+
+    def __init__(self, layer: MacLayer, cfg: HwConfig, sparse: bool = False) -> None:
+        self.cfg = cfg
+        self.k = layer.k
+        self.bias = int(layer.bias)
+        self.format = "dense"
+        self.zero_fraction: float | None = None
+        self._prefix: np.ndarray | None = None  # cumulative stored bits per channel (sparse formats)
+        w = layer.weights
+        if w is None or w.shape != (layer.nof, layer.k):
+            return
+        self.zero_fraction = float((w == 0).mean()) if w.size else 0.0
+        if not sparse:
+            return
+        if cfg.sparse_format == "zero-bursts":
+            word_elems = cfg.dram_width_bits // cfg.data_bits
+            words = zero_word_counts(w, word_elems)
+            total_words = layer.nof * math.ceil(self.k / word_elems)
+            bits = words * cfg.dram_width_bits
+            overhead = total_words  # the bitmap: one bit per word
+        else:
+            bits = csr_entries(w, cfg.sparse_index_bits) * (cfg.data_bits + cfg.sparse_index_bits)
+            overhead = 0
+        if bits.sum() + overhead < layer.nof * self.k * cfg.data_bits:
+            self.format = cfg.sparse_format
+            self._prefix = np.concatenate(([0], np.cumsum(bits)))
+            self._overhead_per_channel = overhead / layer.nof
+
+    def elems(self, c0: int, c1: int) -> int:
+        """Dense weights and biases of channels [c0, c1): what the weight buffer holds."""
+        return (c1 - c0) * (self.k + self.bias)
+
+    def nbytes(self, c0: int, c1: int) -> int:
+        """DRAM bytes of channels [c0, c1) in the layer's storage format."""
+        db = self.cfg.data_bytes
+        if self._prefix is None:
+            return (c1 - c0) * (self.k + self.bias) * db
+        bits = int(self._prefix[c1] - self._prefix[c0]) + math.ceil(self._overhead_per_channel * (c1 - c0))
+        return math.ceil(bits / 8) + (c1 - c0) * self.bias * db
