@@ -145,7 +145,9 @@ class EpochResult:
 
 def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, device: torch.device,
                 loss_fn: Callable = F.cross_entropy, progress: Callable[[int], None] | None = None,
-                epoch: int = 0) -> EpochResult:
+                epoch: int = 0, after_step: Callable[[nn.Module], None] | None = None) -> EpochResult:
+    """One epoch of SGD. ``after_step(model)`` runs after every optimizer step (e.g. to keep
+    fixed connectivity masks applied)."""
     model.train()
     total_loss, correct, n = 0.0, 0, 0
     for i, (x, y) in enumerate(loader):
@@ -157,6 +159,8 @@ def train_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optim
             raise TrainingDiverged(f"the loss became {loss.item()} at epoch {epoch}, batch {i + 1}")
         loss.backward()
         optimizer.step()
+        if after_step is not None:
+            after_step(model)
         total_loss += loss.item() * len(y)
         correct += (out.argmax(1) == y).sum().item()
         n += len(y)
@@ -226,10 +230,12 @@ def train_run(model: nn.Module, input_shape: tuple[int, ...], dataset: str, out_
               config: TrainConfig, *, data_dir: str | None = None, resume: bool = False,
               reference_widths: dict[str, int] | None = None, console=None, progress: bool = True,
               stop_after: int | None = None, meta: dict[str, Any] | None = None,
-              loss_fn: Callable = F.cross_entropy) -> RunResult:
+              loss_fn: Callable = F.cross_entropy, after_step: Callable[[nn.Module], None] | None = None
+              ) -> RunResult:
     """Algorithm 1 end to end (see module docstring). ``stop_after`` ends the run after that many
     epochs of this call (used to test resuming). ``loss_fn(logits, targets, reduction=...)`` is used
-    for training, saliency and evaluation alike."""
+    for training, saliency and evaluation alike. ``after_step(model)`` runs after every optimizer
+    step (give it again when resuming)."""
     from . import data as D
     from .model_io import save_model
     config.validate()
@@ -290,7 +296,7 @@ def train_run(model: nn.Module, input_shape: tuple[int, ...], dataset: str, out_
         for g in optimizer.param_groups:
             g["lr"] = lr
         flops_before = cgap.cg.flops() / cgap.cg.input_specs[0].shape[0]
-        res = _run_epoch(cgap, train_loader, optimizer, device, epoch, config.epochs, console, progress)
+        res = _run_epoch(cgap, train_loader, optimizer, device, epoch, config.epochs, console, progress, after_step)
         train_flops += 3 * flops_before * res.samples  # forward + backward ~ 3 forwards
         widths_before = {g.id: g.width for g in cgap.cg.groups}
         sal_before = flops_before
@@ -338,15 +344,15 @@ def train_run(model: nn.Module, input_shape: tuple[int, ...], dataset: str, out_
     return final
 
 
-def _run_epoch(cgap, loader, optimizer, device, epoch, epochs, console, progress) -> EpochResult:
+def _run_epoch(cgap, loader, optimizer, device, epoch, epochs, console, progress, after_step=None) -> EpochResult:
     if not progress or not console.is_terminal:
-        return train_epoch(cgap.model, loader, optimizer, device, cgap.loss_fn, epoch=epoch)
+        return train_epoch(cgap.model, loader, optimizer, device, cgap.loss_fn, epoch=epoch, after_step=after_step)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     with Progress(TextColumn(f"epoch {epoch}/{epochs}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
         task = bar.add_task("train", total=len(loader.dataset))
         return train_epoch(cgap.model, loader, optimizer, device, cgap.loss_fn, epoch=epoch,
-                           progress=lambda n: bar.advance(task, n))
+                           progress=lambda n: bar.advance(task, n), after_step=after_step)
 
 
 def _save_checkpoint(path: Path, cgap: CGaP, optimizer, config: TrainConfig, epoch: int, loader, meta) -> None:
