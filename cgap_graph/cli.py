@@ -11,7 +11,7 @@ import torch
 import typer
 from rich.console import Console
 
-from . import zoo
+from . import cli_cost, zoo
 from .errors import CgapError, InputShapeError
 from .graph import trace
 from .model_io import load_model
@@ -523,7 +523,8 @@ def demo(
     """A short CGaP run on LeNet-5 with the built-in MNIST subset: nothing else needed.
 
     Starts from a seed a quarter of LeNet-5's widths, grows it twice, prunes it three times,
-    fine-tunes, and writes the model, its metrics, plots and checkpoint to OUT.
+    fine-tunes, and writes the model, its metrics, plots and checkpoint to OUT; then exports the
+    model to OUT/model.onnx (checked against PyTorch) and costs it on the paper's FPGA setup.
     """
     def body():
         from passes.seed import seed as seed_pass
@@ -542,6 +543,7 @@ def demo(
         res = train_run(cg.module, (1, 1, 28, 28), "mnist-mini", out, cfg, reference_widths=rep.reference_widths,
                         console=console, meta={"model": "lenet5", "dataset": "mnist-mini"})
         _print_run(res)
+        _demo_deploy(out)
     _run(body)
 
 
@@ -597,6 +599,34 @@ def export(
                       f"up to {rep.output_scale:.3g} (tolerance {rep.tolerance:g} x max(1, |output|))")
         console.print(f"wrote {output}")
     _run(body)
+
+
+app.command("cost")(cli_cost.cost)
+
+
+def _demo_deploy(out: Path) -> None:
+    """The demo's last step: the trained model to ONNX, and its FPGA cost next to LeNet-5's."""
+    from passes.export import export_onnx
+    from passes.fpga_cost import cost_onnx
+
+    from .io_utils import atomic_write_text
+    trained = load_model(str(out / "model.pt"))
+    rep = export_onnx(trained.model, (1, 1, 28, 28), out / "model.onnx", meta=trained.meta)
+    console.print(f"wrote {out / 'model.onnx'} (ONNX Runtime vs PyTorch: max |diff| {rep.max_abs_diff:.1e})")
+    small = cost_onnx(out / "model.onnx", name="CGaP LeNet-5")
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        export_onnx(zoo.build("lenet5"), (1, 1, 28, 28), Path(tmp) / "lenet5.onnx")
+        base = cost_onnx(Path(tmp) / "lenet5.onnx", name="LeNet-5")
+    atomic_write_text(out / "fpga_cost.json", small.to_json() + "\n")
+    tb, ts = base.totals(), small.totals()
+
+    def pct(k: str) -> str:
+        return f"{100 * (ts[k] / tb[k] - 1):+.0f}%"
+    console.print(f"FPGA cost per inference (paper's setup, 300 MHz): latency {ts['latency_ms'] * 1e3:.1f} us "
+                  f"({pct('latency_ms')} vs LeNet-5), DRAM energy {ts['dram_energy_pj'] * 1e-6:.2f} uJ "
+                  f"({pct('dram_energy_pj')}), buffer energy {ts['buffer_energy_pj'] * 1e-6:.2f} uJ "
+                  f"({pct('buffer_energy_pj')}); wrote {out / 'fpga_cost.json'}")
 
 
 @app.command("zoo")

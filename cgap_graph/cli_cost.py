@@ -116,8 +116,8 @@ def _print_report(report, console: Console) -> None:
     table = Table(title=title, header_style="bold", title_justify="left")
     for col in ("layer", "op", "shape", "schedule", "cycles", "latency us", "DRAM KB", "buffer acc.",
                 "buffer uJ", "DRAM uJ"):
-        table.add_column(col, justify="left" if col in ("layer", "op", "shape", "schedule") else "right",
-                         overflow="fold")
+        text = col in ("layer", "op", "shape", "schedule")
+        table.add_column(col, justify="left" if text else "right", overflow="fold", no_wrap=not text)
     for c in report.layers:
         op = "+".join([c.op, *c.fused])
         sched = "" if c.schedule is None else f"{c.schedule.toy}x{c.schedule.tof} {c.schedule.order} x{c.tiles}"

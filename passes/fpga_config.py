@@ -56,7 +56,7 @@ class HwConfig:
     buffer_pj_per_bit: float = 0.15625  # Horowitz 2014: 5 pJ per 32-bit access to an 8 KB SRAM
     mac_pj: float = 0.9  # one 16-bit multiply-accumulate (see module docstring)
     sparse_format: str = "zero-bursts"  # weight storage in --unstructured mode: zero-bursts | csr
-    sparse_index_bits: int = 4  # csr: relative index bits per stored weight (Han et al. 2016)
+    sparse_index_bits: int = 4  # csr: relative index bits per stored weight (EIE, Han et al. ISCA 2016)
 
     def __post_init__(self) -> None:
         validate(self)

@@ -100,6 +100,13 @@ class MacLayer:
         hi = (y1 - 1) * self.stride_y - self.pad_top + (self.nky - 1) * self.dilation_y
         return max(0, min(hi, self.niy - 1) - max(lo, 0) + 1)
 
+    def in_channels(self, c0: int, c1: int) -> int:
+        """Input channels that output channels [c0, c1) read: all of them, or their groups' only."""
+        if self.groups == 1:
+            return self.nif
+        per_out, per_in = self.nof // self.groups, self.nif // self.groups
+        return ((c1 - 1) // per_out - c0 // per_out + 1) * per_in
+
     def describe(self) -> str:
         if self.op == "Conv":
             s = f"{self.nif}x{self.niy}x{self.nix} -> {self.nof}x{self.noy}x{self.nox} k{self.nky}x{self.nkx}"

@@ -9,14 +9,16 @@ and all input channels (Tif = Nif), so no partial sum ever leaves the chip.
 Per tile (rows, channels = the tile's actual sizes):
 
     compute = Nky * Nkx * Nif/groups * ceil(Nox/Pox) * ceil(rows/Poy) * ceil(channels/Pof)
-    read    = input rows incl. the halo of the kernel (inside the image) x Nix x Nif,
+    read    = input rows incl. the halo of the kernel (inside the image) x Nix x Nif (a grouped conv:
+              the input channels of the tile's groups only),
               + the tile's weights (+ biases), + its share of fused operands (residual Add)
     write   = the tile's share of the (pooled) output
 
 Loop order (searched): ``rows`` keeps a row tile's pixels while every channel tile passes (pixels
 read once, weights once per row tile); ``channels`` keeps a channel tile's weights while every row
 tile passes (weights read once, pixels once per channel tile). With one channel tile the weights
-are read once; with one row tile the pixels are read once, in both orders.
+are read once; with one row tile the pixels are read once, in both orders (a grouped conv reads
+each channel tile's own input channels).
 
 DRAM: each transfer moves whole ``dram_width_bits`` words at ``dram_bandwidth_gbs`` and costs
 ``dram_overhead_cycles`` more; reads and writes share the one DRAM port. Double buffering overlaps
@@ -150,8 +152,8 @@ def cost_layer(layer: MacLayer, schedule: Schedule, cfg: HwConfig, store: Weight
         rows, chans = y1 - y0, c1 - c0
         comp.append(per_step * math.ceil(rows / cfg.poy) * math.ceil(chans / cfg.pof))
         cycles = 0
-        if r != prev_r:  # a new row tile's pixels (all input channels, halo rows included)
-            n = layer.in_rows(y0, y1) * layer.nix * layer.nif
+        if r != prev_r or (layer.groups > 1 and c != prev_c):  # new pixels (halo rows included)
+            n = layer.in_rows(y0, y1) * layer.nix * layer.in_channels(c0, c1)
             px_loads, px_elems, read_bytes = px_loads + 1, px_elems + n, read_bytes + n * db
             cycles += dram.cycles(n * db)
         if c != prev_c:  # a new channel tile's weights
@@ -194,7 +196,8 @@ def _fits(layer: MacLayer, s: Schedule, cfg: HwConfig, store: WeightStore, row_t
           px_loads: int, w_loads: int, n_tiles: int) -> bool:
     """Does every tile fit its buffers (twice, where the buffer is reloaded while in use)?"""
     db = cfg.data_bytes
-    px = max(layer.in_rows(a, b) for a, b in row_tiles) * layer.nix * layer.nif * db * (2 if px_loads > 1 else 1)
+    in_ch = max(layer.in_channels(a, b) for a, b in chan_tiles)
+    px = max(layer.in_rows(a, b) for a, b in row_tiles) * layer.nix * in_ch * db * (2 if px_loads > 1 else 1)
     wt = max(store.elems(a, b) for a, b in chan_tiles) * db * (2 if w_loads > 1 else 1)
     out = min(s.toy, layer.noy) * layer.nox * min(s.tof, layer.nof) * db * (2 if n_tiles > 1 else 1)
     return px <= cfg.buffer_bytes("pixel") and wt <= cfg.buffer_bytes("weight") and out <= cfg.buffer_bytes("output")

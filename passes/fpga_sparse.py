@@ -12,9 +12,9 @@ than dense storage:
   zero, so almost nothing is saved, as the paper found for magnitude pruning (Sec. VI-B).
   Each filter starts on a word boundary.
 - ``csr``: each non-zero weight is stored with a relative index of ``sparse_index_bits`` bits (the
-  number of zeros before it, as in Han et al., Deep Compression, ICLR 2016); a run of more zeros
-  than the index can count needs a filler entry. An optimistic bound: it needs a decoder the
-  paper's accelerator does not have.
+  number of zeros before it: 4 bits in EIE, Han et al. ISCA 2016, the paper's ref. [28]; Deep
+  Compression uses 5-8); a run of more zeros than the index can count needs a filler entry. An
+  optimistic bound: it needs a decoder the paper's accelerator does not have.
 
 Biases are always dense. Zeros are counted from the constant weights in the ONNX file.
 """
@@ -59,6 +59,7 @@ class WeightStore:
         self.format = "dense"
         self.zero_fraction: float | None = None
         self._prefix: np.ndarray | None = None  # cumulative stored bits per channel (sparse formats)
+        self._overhead_per_channel = 0.0  # zero-bursts: the bitmap, spread over the channels
         w = layer.weights
         if w is None or w.shape != (layer.nof, layer.k):
             return

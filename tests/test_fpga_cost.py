@@ -137,6 +137,15 @@ def test_fully_connected_layer_is_bound_by_weight_reads():
     assert weight_time <= c.latency_s <= 1.1 * weight_time
 
 
+def test_depthwise_tiles_read_only_their_groups_inputs():
+    layer = MacLayer("dw", "Conv", nif=128, niy=8, nix=8, nof=128, noy=8, nox=8, nky=3, nkx=3, pad_top=1,
+                     groups=128, out_elems=128 * 8 * 8)
+    c = cost_layer(layer, Schedule(toy=8, tof=64, order="rows"), CFG)  # 1 row tile x 2 channel tiles
+    assert c.compute_cycles == 2 * (3 * 3 * 1 * 2 * 2 * 1)
+    assert c.dram_read_bytes == 128 * 8 * 8 * 2 + 128 * 9 * 2  # each input channel read once, by its tile
+    assert c.pixel_buffer_accesses == 128 * 8 * 8 + c.compute_cycles * 4 * 4 * 64  # 64 lanes, 64 pixels
+
+
 # ---- the roofline ---------------------------------------------------------------------------------
 def check_roofline(c) -> None:
     compute_bound = c.macs / (CFG.mac_units * F)
@@ -221,6 +230,18 @@ def test_csr_storage_saves_weight_traffic_but_no_compute(zoo_onnx):
     assert t["compute_cycles"] == dense["compute_cycles"]
     assert t["dram_bytes"] < dense["dram_bytes"]
     assert {c.weight_format for c in csr.layers if c.op == "Conv"} == {"csr"}
+
+
+def test_whole_zero_filters_skip_dram_words_but_not_compute():
+    w = np.random.default_rng(0).standard_normal((32, 16, 3, 3))
+    w[::2] = 0  # every other filter pruned (zeroed) but not removed
+    model = conv_model(weights=w)
+    dense, sparse = cost_onnx(model), cost_onnx(model, sparsity_mode="unstructured")
+    (d,), (s,) = dense.layers, sparse.layers
+    assert s.weight_format == "zero-bursts" and d.weight_format == "dense"
+    assert s.compute_cycles == d.compute_cycles
+    # 16 filters of 144 weights = 5 words each (filter-aligned) + a bitmap of 160 bits
+    assert s.dram_read_bytes == d.dram_read_bytes - 32 * 144 * 2 + 16 * 5 * 64 + 160 // 8
 
 
 def test_sparse_weight_formats_by_hand():
