@@ -464,6 +464,9 @@ def train(**kw):
     """
     base = {k: kw.pop(k) for k in ("model", "dataset", "out", "config", "resume", "data_dir", "width", "seed_width",
                                    "input_shape", "arch", "arch_kwargs", "trust")}
+    method = kw.pop("method")
+    small_world = {k: kw.pop(k) for k in ("density", "rewire_p", "topology", "connection_prune_rate",
+                                          "finetune_epochs", "finetune_lr")}
     layer_rates = kw.pop("gamma_w_layer") or []
     if layer_rates:
         parsed = {}
@@ -477,7 +480,52 @@ def train(**kw):
                 err.print(f"[red]error:[/red] --gamma-w-layer '{item}' must look like NAME=RATE, e.g. fc1=0.9")
                 raise typer.Exit(2)
         kw["gamma_w_layers"] = parsed
+    if method == "small-world":
+        _run(lambda: _train_small_world_body(hyper=kw, small_world=small_world, **base))
+        return
+    if method != "cgap":
+        err.print(f"[red]error:[/red] --method must be cgap or small-world, got '{method}'")
+        raise typer.Exit(2)
+    if small_world["density"] is not None:
+        err.print("[red]error:[/red] --density is for --method small-world; add --method small-world")
+        raise typer.Exit(2)
     _run(lambda: _train_body(hyper=kw, **base))
+
+
+def _train_small_world_body(model: str, dataset: str, out: Path | None, config: Path | None, resume: bool,
+                            data_dir, width: float, seed_width: float, input_shape, arch, arch_kwargs, trust,
+                            hyper: dict, small_world: dict):
+    """Small-World pruning: masks before training, training with the masks fixed, optimise, fine-tune."""
+    from .config import load_config
+    from .small_world_train import train_small_world
+    cfg = load_config(config, hyper)
+    out = out or Path("runs") / f"{Path(model).stem}-{dataset}-small-world"
+    sw = {"p": small_world["rewire_p"], "topology": small_world["topology"],
+          "prune_rate": small_world["connection_prune_rate"], "finetune_epochs": small_world["finetune_epochs"],
+          "finetune_lr": small_world["finetune_lr"]}
+    if resume:
+        from .data import info
+        res = train_small_world(None, (1, *info(dataset).shape), dataset, out, cfg, resume=True, data_dir=data_dir,
+                                console=console)
+    else:
+        if seed_width != 1:
+            raise CgapError("--seed-width is for CGaP; Small-World pruning starts from the full model")
+        if small_world["density"] is None:
+            raise CgapError("--method small-world needs --density, the fraction of weights to keep, e.g. 0.03")
+        from .data import info
+        shapes = [parse_shape(s) for s in input_shape] if input_shape else None
+        kwargs = json.loads(arch_kwargs) if arch_kwargs else {}
+        loaded = load_model(model, arch=arch, arch_kwargs=kwargs, trust=trust, width=width)
+        shape = shapes[0] if shapes else (loaded.input_shape or (1, *info(dataset).shape))
+        torch.manual_seed(cfg.seed)
+        res = train_small_world(loaded.model, shape, dataset, out, cfg, density=small_world["density"],
+                                rescale_init=loaded.source == "zoo", data_dir=data_dir, console=console,
+                                meta={"model": model, "dataset": dataset},
+                                **{k: v for k, v in sw.items() if v is not None})
+    console.print(f"[bold]done[/bold]: test accuracy {100 * res.test_accuracy:.2f}%, {res.params_kept:,} of "
+                  f"{res.params_dense:,} parameters kept ({100 * res.kept_fraction:.2f}%), widths "
+                  f"{'-'.join(str(w) for w in res.widths.values())}; wrote {res.out_dir}/ (model.pt, masks.pt, "
+                  "topology.json, summary.json, train/, finetune/)")
 
 
 def _install_train():
@@ -504,6 +552,28 @@ def _install_train():
         P("arch", P.KEYWORD_ONLY, annotation=str | None, default=typer.Option(None, "--arch")),
         P("arch_kwargs", P.KEYWORD_ONLY, annotation=str | None, default=typer.Option(None, "--arch-kwargs")),
         P("trust", P.KEYWORD_ONLY, annotation=bool, default=typer.Option(False, "--trust")),
+        P("method", P.KEYWORD_ONLY, annotation=str, default=typer.Option(
+            "cgap", "--method", help="cgap (grow and prune while training) or small-world (fixed sparse masks "
+            "chosen before training, then optimise; needs --density).")),
+        P("density", P.KEYWORD_ONLY, annotation=float | None, default=typer.Option(
+            None, "--density", help="Fraction of Conv/Linear weights the masks keep, e.g. 0.03.",
+            rich_help_panel="Small-World pruning (--method small-world)")),
+        P("rewire_p", P.KEYWORD_ONLY, annotation=float | None, default=typer.Option(
+            None, "--rewire-p", help="Rewiring probability in [0, 1] (default: chosen to maximise the "
+            "small-world coefficient).", rich_help_panel="Small-World pruning (--method small-world)")),
+        P("topology", P.KEYWORD_ONLY, annotation=str, default=typer.Option(
+            "small-world", "--topology", help="small-world or random (the ablation: same density).",
+            rich_help_panel="Small-World pruning (--method small-world)")),
+        P("connection_prune_rate", P.KEYWORD_ONLY, annotation=float | None, default=typer.Option(
+            None, "--connection-prune-rate", help="Optimise step: fraction of each layer's remaining "
+            "connections pruned by saliency (default 0.3).",
+            rich_help_panel="Small-World pruning (--method small-world)")),
+        P("finetune_epochs", P.KEYWORD_ONLY, annotation=int | None, default=typer.Option(
+            None, "--finetune-epochs", help="Fine-tuning epochs after the optimise step (default: a third of "
+            "--epochs).", rich_help_panel="Small-World pruning (--method small-world)")),
+        P("finetune_lr", P.KEYWORD_ONLY, annotation=float | None, default=typer.Option(
+            None, "--finetune-lr", help="Fine-tuning learning rate (default: --lr / 10).",
+            rich_help_panel="Small-World pruning (--method small-world)")),
         P("gamma_w_layer", P.KEYWORD_ONLY, annotation=list[str] | None, default=typer.Option(
             None, "--gamma-w-layer", help="Per-layer gamma_W as MODULE=RATE (repeat), e.g. fc1=0.92.",
             rich_help_panel="CGaP hyper-parameters (override --config)")),

@@ -25,8 +25,11 @@ def cost(
     csv: Path | None = typer.Option(None, "--csv", help="Write every layer of every model to this CSV file."),
     plot: Path | None = typer.Option(None, "--plot", help="Write a bar chart comparing the models (PNG): "
                                      "buffer energy, DRAM energy, latency, as in the paper's Fig. 8."),
-    sparse: bool = typer.Option(False, "--unstructured", help="Count the zero weights in the file: they are "
-                                "stored compressed where smaller (sparse_format); compute is unchanged."),
+    sparse: bool = typer.Option(False, "--unstructured", help="Short for --sparsity unstructured."),
+    sparsity: str = typer.Option("dense", "--sparsity", help="How the zero weights in the file count: dense "
+                                 "(not at all), unstructured (stored compressed where smaller, sparse_format; "
+                                 "compute unchanged) or kernel (zero kernels skipped in compute and storage: "
+                                 "Small-World models)."),
 ):
     """Estimate on-chip buffer energy, DRAM energy and latency of one inference of MODEL on an FPGA.
 
@@ -38,11 +41,12 @@ def cost(
         cgap-graph cost vgg16.onnx
         cgap-graph cost dense.onnx shrunk.onnx --plot fig8.png --csv layers.csv
         cgap-graph cost magnitude_pruned.onnx --unstructured --json
+        cgap-graph cost small_world.onnx --sparsity kernel
         cgap-graph cost model.onnx --config fpga.toml     # e.g. pof = 32, freq_mhz = 200
     """
     from .cli import _run, console
 
-    _run(lambda: _cost_body(model, config, as_json, csv, plot, sparse, console))
+    _run(lambda: _cost_body(model, config, as_json, csv, plot, "unstructured" if sparse else sparsity, console))
 
 
 def _labels(paths: list[Path]) -> list[str]:
@@ -52,7 +56,7 @@ def _labels(paths: list[Path]) -> list[str]:
 
 
 def _cost_body(models: list[Path], config: Path | None, as_json: bool, csv: Path | None, plot: Path | None,
-               sparse: bool, console: Console) -> None:
+               mode: str, console: Console) -> None:
     from passes.fpga_config import load_hw_config
     from passes.fpga_cost import cost_onnx, plot_compare, reports_to_csv
 
@@ -63,7 +67,6 @@ def _cost_body(models: list[Path], config: Path | None, as_json: bool, csv: Path
         if out is not None:
             check_not_input(out, *models, config)
     cfg = load_hw_config(config)
-    mode = "unstructured" if sparse else "dense"
     reports = {label: cost_onnx(path, cfg, sparsity_mode=mode, name=label)
                for label, path in zip(_labels(models), models)}
     if csv is not None:

@@ -31,7 +31,7 @@ from .fpga_plot import plot_compare
 from .fpga_schedule import LayerCost, Schedule, cost_layer, cost_memory_pass, search_schedule
 from .fpga_sparse import WeightStore
 
-SPARSITY_MODES = ("dense", "unstructured")
+SPARSITY_MODES = ("dense", "unstructured", "kernel")
 
 __all__ = ["CostReport", "HwConfig", "LayerCost", "Schedule", "cost_layer", "cost_onnx", "cost_workload",
            "load_hw_config", "plot_compare", "reports_to_csv", "search_schedule"]
@@ -103,11 +103,11 @@ def cost_workload(work: Workload, config: HwConfig | None = None, *, sparsity_mo
     """Cost every layer of an already-read workload (see ``fpga_graph.read_workload``)."""
     cfg = config or HwConfig()
     if sparsity_mode not in SPARSITY_MODES:
-        raise CgapError(f"sparsity mode '{sparsity_mode}' is unknown; use dense or unstructured")
+        raise CgapError(f"sparsity mode '{sparsity_mode}' is unknown; use dense, unstructured or kernel")
     costs = []
     for layer in work.layers:
         if isinstance(layer, MacLayer):
-            store = WeightStore(layer, cfg, sparse=sparsity_mode == "unstructured")
+            store = WeightStore(layer, cfg, sparse=sparsity_mode == "unstructured", kernel=sparsity_mode == "kernel")
             costs.append(search_schedule(layer, cfg, store))
         else:
             costs.append(cost_memory_pass(layer, cfg))
@@ -120,9 +120,11 @@ def cost_onnx(model: str | Path | onnx.ModelProto, config: HwConfig | None = Non
 
     ``sparsity_mode="unstructured"`` stores each layer's scattered zero weights compressed where
     that is smaller (``HwConfig.sparse_format``); compute is unchanged, as on any dense MAC array.
+    ``sparsity_mode="kernel"`` skips input channels whose kernels are zero on every lane and stores
+    only non-zero kernels (Small-World masks; ``fpga_sparse``).
     """
     if sparsity_mode not in SPARSITY_MODES:
-        raise CgapError(f"sparsity mode '{sparsity_mode}' is unknown; use dense or unstructured")
+        raise CgapError(f"sparsity mode '{sparsity_mode}' is unknown; use dense, unstructured or kernel")
     proto, default_name = load_onnx(model)
     work = read_workload(proto, name or default_name, want_weights=True)
     return cost_workload(work, config, sparsity_mode=sparsity_mode)

@@ -9,6 +9,8 @@ and all input channels (Tif = Nif), so no partial sum ever leaves the chip.
 Per tile (rows, channels = the tile's actual sizes):
 
     compute = Nky * Nkx * Nif/groups * ceil(Nox/Pox) * ceil(rows/Poy) * ceil(channels/Pof)
+              (kernel sparsity: Nif/groups * ceil(channels/Pof) becomes the input-channel steps
+              where some lane's kernel is non-zero, ``WeightStore.lane_steps``)
     read    = input rows incl. the halo of the kernel (inside the image) x Nix x Nif (a grouped conv:
               the input channels of the tile's groups only),
               + the tile's weights (+ biases), + its share of fused operands (residual Add)
@@ -141,7 +143,7 @@ def cost_layer(layer: MacLayer, schedule: Schedule, cfg: HwConfig, store: Weight
     rep = layer.repeat  # out_elems / extra_elems count every copy; the tiles below are one copy's
     out_total, extra_total = -(-layer.out_elems // rep), -(-layer.extra_elems // rep)
     lanes = min(cfg.pof, layer.groups)  # grouped conv: lanes of different groups read different pixels
-    per_step = layer.nky * layer.nkx * (layer.nif // layer.groups) * math.ceil(layer.nox / cfg.pox)
+    per_step = layer.nky * layer.nkx * math.ceil(layer.nox / cfg.pox)  # one input channel of pof lanes
     dram = _Dram(cfg)
     comp, reads, writes = [], [], []
     px_loads = w_loads = px_elems = w_elems = out_elems = 0
@@ -150,7 +152,7 @@ def cost_layer(layer: MacLayer, schedule: Schedule, cfg: HwConfig, store: Weight
     for r, c in tiles:
         (y0, y1), (c0, c1) = row_tiles[r], chan_tiles[c]
         rows, chans = y1 - y0, c1 - c0
-        comp.append(per_step * math.ceil(rows / cfg.poy) * math.ceil(chans / cfg.pof))
+        comp.append(per_step * math.ceil(rows / cfg.poy) * store.lane_steps(c0, c1, cfg.pof))
         cycles = 0
         if r != prev_r or (layer.groups > 1 and c != prev_c):  # new pixels (halo rows included)
             n = layer.in_rows(y0, y1) * layer.nix * layer.in_channels(c0, c1)

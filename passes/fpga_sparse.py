@@ -17,6 +17,14 @@ than dense storage:
   optimistic bound: it needs a decoder the paper's accelerator does not have.
 
 Biases are always dense. Zeros are counted from the constant weights in the ONNX file.
+
+Kernel-level sparsity (``kernel=True``: what Small-World masks leave, whole Nky x Nkx kernels or,
+in a fully connected layer, single weights at zero) is the one kind a dense MAC array can skip
+*in compute* (ours, in the spirit of kernel-skipping accelerators): the array walks the input
+channels one at a time for ``pof`` output channels in lock step, so an input channel is skipped
+when the kernels of all ``pof`` lanes on it are zero (``lane_steps``). Weights are stored as the
+non-zero kernels plus a bitmap of one bit per (output, input) channel pair. Channels keep their
+order: no re-ordering to line up zero patterns across lanes.
 """
 
 from __future__ import annotations
@@ -52,18 +60,23 @@ def csr_entries(weights: np.ndarray, index_bits: int) -> np.ndarray:
 class WeightStore:
     """DRAM bytes and buffer elements of any range of a layer's output channels."""
 
-    def __init__(self, layer: MacLayer, cfg: HwConfig, sparse: bool = False) -> None:
+    def __init__(self, layer: MacLayer, cfg: HwConfig, sparse: bool = False, kernel: bool = False) -> None:
         self.cfg = cfg
         self.k = layer.k
+        self.nif_g = layer.nif // layer.groups  # input channels one output channel reads
         self.bias = int(layer.bias)
         self.format = "dense"
         self.zero_fraction: float | None = None
         self._prefix: np.ndarray | None = None  # cumulative stored bits per channel (sparse formats)
         self._overhead_per_channel = 0.0  # zero-bursts: the bitmap, spread over the channels
+        self._active: np.ndarray | None = None  # kernel mode: (nof, nif/groups) non-zero kernels
         w = layer.weights
         if w is None or w.shape != (layer.nof, layer.k):
             return
         self.zero_fraction = float((w == 0).mean()) if w.size else 0.0
+        if kernel:
+            self._kernel_store(w, layer.nof)
+            return
         if not sparse:
             return
         if cfg.sparse_format == "zero-bursts":
@@ -79,6 +92,25 @@ class WeightStore:
             self.format = cfg.sparse_format
             self._prefix = np.concatenate(([0], np.cumsum(bits)))
             self._overhead_per_channel = overhead / layer.nof
+
+    def _kernel_store(self, w: np.ndarray, nof: int) -> None:
+        """Kernel mode: non-zero kernels plus a bitmap of one bit per (output, input) channel pair."""
+        cfg = self.cfg
+        active = (w != 0).reshape(nof, self.nif_g, -1).any(axis=2)
+        kernel_elems = self.k // self.nif_g
+        bits = active.sum(axis=1) * kernel_elems * cfg.data_bits + self.nif_g
+        self._active = active
+        if bits.sum() < nof * self.k * cfg.data_bits:
+            self.format = "kernel"
+            self._prefix = np.concatenate(([0], np.cumsum(bits)))
+
+    def lane_steps(self, c0: int, c1: int, pof: int) -> int:
+        """Input-channel steps the array takes for output channels [c0, c1), ``pof`` lanes at a time:
+        ceil((c1 - c0) / pof) * Nif/groups when dense; in kernel mode a step is skipped where every
+        lane's kernel is zero."""
+        if self._active is None:
+            return -(-(c1 - c0) // pof) * self.nif_g
+        return int(sum(self._active[a:min(a + pof, c1)].any(axis=0).sum() for a in range(c0, c1, pof)))
 
     def elems(self, c0: int, c1: int) -> int:
         """Dense weights and biases of channels [c0, c1): what the weight buffer holds."""

@@ -257,6 +257,38 @@ def test_sparse_weight_formats_by_hand():
     assert store.elems(0, 2) == 80  # the weight buffer holds them dense
 
 
+def test_zero_kernels_skip_compute_when_every_lane_is_zero():
+    """Kernel-level sparsity (Small-World masks): an input channel is skipped for a group of pof
+    output channels only when all their kernels on it are zero; storage is non-zero kernels + bitmap."""
+    cfg = HwConfig(pof=8)
+    w = np.random.default_rng(0).standard_normal((32, 16, 3, 3))
+    w[0:8, 0:10] = 0  # lane group 0: input channels 0-9 zero on every lane -> 6 steps left
+    w[8:16, 0:4] = 0  # lane group 1: 0-3 zero on every lane -> 12 steps
+    w[9, 4:16] = 0  # ... and one lane zero elsewhere: no step saved (other lanes need them)
+    w[16:24, :, 1, 1] = 0  # single zero weights inside kernels: the kernel is still non-zero
+    model = conv_model(weights=w)
+    dense, kern = cost_onnx(model, cfg), cost_onnx(model, cfg, sparsity_mode="kernel")
+    (d,), (k,) = dense.layers, kern.layers
+    (layer,) = read_workload(model, want_weights=True).layers
+    store = WeightStore(layer, cfg, kernel=True)
+    assert store.lane_steps(0, 32, 8) == 6 + 12 + 16 + 16
+    assert store.lane_steps(0, 8, 8) == 6 and store.lane_steps(8, 16, 8) == 12
+    per_row_step = 3 * 3 * math.ceil(32 / cfg.pox)  # one input channel, one Poy-row band, pof lanes
+    assert k.compute_cycles == per_row_step * math.ceil(32 / cfg.poy) * (6 + 12 + 16 + 16)
+    assert d.compute_cycles == per_row_step * math.ceil(32 / cfg.poy) * 16 * 4
+    nonzero_kernels = 32 * 16 - 8 * 10 - 8 * 4 - 12
+    assert k.weight_format == "kernel"
+    assert store.nbytes(0, 32) == math.ceil((nonzero_kernels * 9 * 16 + 32 * 16) / 8)
+    assert k.latency_cycles < d.latency_cycles and k.dram_read_bytes < d.dram_read_bytes
+    # a dense file costs the same in kernel mode as in dense mode (dense storage is smaller than kernel's)
+    plain = conv_model()
+    (a,), (b,) = cost_onnx(plain, cfg).layers, cost_onnx(plain, cfg, sparsity_mode="kernel").layers
+    assert (a.compute_cycles, a.latency_cycles, a.dram_read_bytes) == (b.compute_cycles, b.latency_cycles,
+                                                                      b.dram_read_bytes)
+    with pytest.raises(CgapError, match="dense, unstructured or kernel"):
+        cost_onnx(model, cfg, sparsity_mode="kernels")
+
+
 # ---- graph reading: fusion, memory passes, batch -------------------------------------------------
 def test_fusion_rules():
     rng = np.random.default_rng(0)
