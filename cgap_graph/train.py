@@ -14,7 +14,8 @@ whose state followed its channels::
 ``train_run`` is the whole loop behind ``cgap-graph train``: data, learning-rate schedule,
 evaluation, one JSON line of metrics per epoch, an atomic checkpoint per epoch (``resume=True``
 continues a killed run at the same epoch, architecture and random state), plots, and a NaN loss
-that stops the run with the last good checkpoint kept.
+that stops the run with the last good checkpoint kept. Under torchrun the same loop runs
+data-parallel, every rank taking the same structural decisions (``distributed.py``).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from .io_utils import atomic_write, atomic_write_text
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
+DIST_REPORT = "distributed.json"
 
 
 class TrainingDiverged(CgapError):
@@ -64,6 +66,9 @@ class CGaP:
         self.growth_done = self.config.f_growth <= 0
         self.pruning_started = False
         self.history: list[dict[str, Any]] = []
+        # data-parallel runs: saliency gradients are averaged across ranks and rank 0's scores
+        # used by all, so every rank grows and prunes the same units (see distributed.py)
+        self.dist: Any = None
 
     @property
     def model(self) -> torch.fx.GraphModule:
@@ -81,7 +86,7 @@ class CGaP:
         return capacity_by_id(self.cg, cap)
 
     def _saliency(self, epoch: int):
-        from passes.saliency import saliency
+        from passes.saliency import unit_scores, weight_scores
         c = self.config
         if c.saliency == "taylor" and self.saliency_data is None:
             raise CgapError("Taylor saliency needs saliency_data (a loader of training batches) or "
@@ -89,9 +94,13 @@ class CGaP:
         gen = getattr(self.saliency_data, "generator", None)
         if isinstance(gen, torch.Generator):  # the batches depend on the epoch only: resumable
             gen.manual_seed(c.seed * 1000 + epoch)
-        return saliency(self.cg, self.saliency_data, mode=c.saliency, batches=c.saliency_batches,
-                        loss_fn=self.loss_fn, train_mode=self.model.training,
-                        generator=torch.Generator().manual_seed(c.seed * 1000 + epoch))
+        sal = weight_scores(self.cg, self.saliency_data, mode=c.saliency, batches=c.saliency_batches,
+                            loss_fn=self.loss_fn, train_mode=self.model.training,
+                            generator=torch.Generator().manual_seed(c.seed * 1000 + epoch),
+                            reduce_grads=self.dist.mean_ if self.dist is not None and c.saliency == "taylor" else None)
+        if self.dist is not None:
+            self.dist.broadcast_(list(sal.weights.values()))
+        return unit_scores(self.cg, sal)
 
     def on_epoch_end(self, epoch: int, train_accuracy: float, optimizer: torch.optim.Optimizer
                      ) -> tuple[torch.fx.GraphModule, torch.optim.Optimizer, list[str]]:
@@ -235,8 +244,14 @@ def train_run(model: nn.Module, input_shape: tuple[int, ...], dataset: str, out_
     """Algorithm 1 end to end (see module docstring). ``stop_after`` ends the run after that many
     epochs of this call (used to test resuming). ``loss_fn(logits, targets, reduction=...)`` is used
     for training, saliency and evaluation alike. ``after_step(model)`` runs after every optimizer
-    step (give it again when resuming)."""
+    step (give it again when resuming).
+
+    Under torchrun (WORLD_SIZE > 1) the run is data-parallel (see ``distributed.py``):
+    ``config.batch_size`` is the global batch, split across the ranks; training, saliency and
+    evaluation metrics are reduced over all ranks; only rank 0 writes files and prints (the
+    console of the other ranks is silenced)."""
     from . import data as D
+    from . import distributed
     from .model_io import save_model
     config.validate()
     out = Path(out_dir)
@@ -244,6 +259,13 @@ def train_run(model: nn.Module, input_shape: tuple[int, ...], dataset: str, out_
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CgapError(f"--device {config.device}: no CUDA device is available here; use --device cpu")
+    ctx = distributed.setup(config.device)  # None: one process, nothing below changes
+    main = ctx is None or ctx.is_main
+    if ctx is not None:
+        device = ctx.device(device)
+        if config.batch_size < ctx.world_size:
+            raise CgapError(f"--batch-size {config.batch_size} is the global batch: it must be at least the "
+                            f"number of processes ({ctx.world_size})")
     # every input is checked before anything is written: no partial output on bad input
     train_loader = D.loader(dataset, "train", config.batch_size, data_dir=data_dir, limit=config.train_limit,
                             seed=config.seed)
@@ -251,24 +273,26 @@ def train_run(model: nn.Module, input_shape: tuple[int, ...], dataset: str, out_
                            shuffle=False)
     saliency_loader = D.loader(dataset, "train", config.batch_size, data_dir=data_dir, limit=config.train_limit,
                                seed=config.seed + 1, augment=False)
+    if ctx is not None:  # each rank takes its slice of the same global batches
+        train_loader, test_loader, saliency_loader = map(ctx.shard, (train_loader, test_loader, saliency_loader))
     ckpt_path = out / CHECKPOINT
     start = 1
     saved = None
-    if resume:
-        if not ckpt_path.exists():
-            raise CgapError(f"--resume: no checkpoint in {out}; start the run without --resume")
-        try:
-            saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise CgapError(f"--resume: {ckpt_path} is damaged ({type(exc).__name__}); start a new run") from None
+    if resume:  # every rank resumes from rank 0's checkpoint (no shared file system needed)
+        saved = _load_checkpoint(ckpt_path, out) if ctx is None else ctx.from_main(
+            lambda: _load_checkpoint(ckpt_path, out))
         gm, _ = serialize.from_payload(saved["model"])
         model = gm
         config = TrainConfig(**json.loads(saved["config"])).validate()
         start = saved["epoch"] + 1
-    _check_output_dir(out)
+    if ctx is None:
+        _check_output_dir(out)
+    else:  # only rank 0 writes; if it cannot, every rank stops with its error
+        ctx.from_main(lambda: _check_output_dir(out))
     torch.manual_seed(config.seed)
     cgap = CGaP(model, input_shape, config, saliency_data=saliency_loader, reference_widths=reference_widths,
                 loss_fn=loss_fn)
+    cgap.dist = ctx
     cgap.model.to(device)
     optimizer = cgap.make_optimizer()
     metrics: list[dict[str, Any]] = []
@@ -278,60 +302,85 @@ def train_run(model: nn.Module, input_shape: tuple[int, ...], dataset: str, out_
         _restore_state(optimizer, cgap.model, saved["optimizer"])
         torch.set_rng_state(saved["rng"])
         train_loader.generator.set_state(saved["data_rng"])  # also drives the augmentation
-        if metrics_path.exists():  # drop lines of epochs after the checkpoint
+        if main and metrics_path.exists():  # drop lines of epochs after the checkpoint
             metrics = [json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln.strip()]
             metrics = [m for m in metrics if m["epoch"] < start]
             atomic_write_text(metrics_path, "".join(json.dumps(m) + "\n" for m in metrics))
-    elif metrics_path.exists():
+        if ctx is not None:
+            metrics = ctx.from_main(lambda: metrics)
+    elif main and metrics_path.exists():
         metrics_path.unlink()
     if console is None:
         from rich.console import Console
         console = Console()
+    if not main:
+        console.quiet = True  # one log per run: rank 0's
+    net = cgap.model if ctx is None else ctx.wrap(cgap.model, device)  # what the training steps run
+    step_hook = after_step if ctx is None or after_step is None else (lambda m: after_step(m.module))
+    prints: list[dict[str, Any]] = []
     t_run = time.perf_counter() - (metrics[-1]["seconds"] if metrics else 0.0)
     train_flops = metrics[-1]["train_flops_total"] if metrics else 0.0
     n_train = len(train_loader.dataset)
     last = start - 1
-    for epoch in range(start, config.epochs + 1):
-        lr = config.lr_at(epoch)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
-        flops_before = cgap.cg.flops() / cgap.cg.input_specs[0].shape[0]
-        res = _run_epoch(cgap, train_loader, optimizer, device, epoch, config.epochs, console, progress, after_step)
-        train_flops += 3 * flops_before * res.samples  # forward + backward ~ 3 forwards
-        widths_before = {g.id: g.width for g in cgap.cg.groups}
-        sal_before = flops_before
-        model_, optimizer, events = cgap.on_epoch_end(epoch, res.accuracy, optimizer)
-        if events:  # the saliency batches of a structural step
-            train_flops += 3 * sal_before * config.saliency_batches * config.batch_size * sum(
-                1 for e in events if e.startswith(("grew", "pruned")))
-        test = evaluate(cgap.model, test_loader, device, loss_fn)
-        grew = any(e.startswith("grew") for e in events)
-        pruned = any(e.startswith("pruned") for e in events)
-        phase = ("grow+prune" if grew and pruned else "grow" if grew else "prune" if pruned else
-                 "finetune" if cgap.pruning_started else "train")
-        row = {"epoch": epoch, "phase": phase, "lr": lr, "loss": res.loss, "train_acc": res.accuracy,
-               "test_acc": test.accuracy, "test_loss": test.loss, "params": cgap.cg.param_count(),
-               "flops": cgap.cg.flops() / cgap.cg.input_specs[0].shape[0],
-               "widths": {str(g.id): g.width for g in cgap.cg.groups},
-               "widths_before": {str(k): v for k, v in widths_before.items()},
-               "events": events, "train_flops_total": train_flops,
-               "seconds": time.perf_counter() - t_run, "samples": n_train}
-        metrics.append(row)
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        _save_checkpoint(ckpt_path, cgap, optimizer, config, epoch, train_loader, meta)
-        widths = "-".join(str(g.width) for g in cgap.cg.groups)
-        console.print(f"epoch {epoch:3d}/{config.epochs} {phase:10s} lr {lr:.4g}  loss {res.loss:.4f}  "
-                      f"train {100 * res.accuracy:.2f}%  test {100 * test.accuracy:.2f}%  "
-                      f"params {row['params']:,}  widths {widths}" + (f"  [{'; '.join(events)}]" if events else ""),
-                      soft_wrap=True)
-        last = epoch
-        if stop_after is not None and epoch - start + 1 >= stop_after:
-            break
+    with distributed.guard(ctx):  # a lost rank becomes one clear error, not a traceback
+        for epoch in range(start, config.epochs + 1):
+            lr = config.lr_at(epoch)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            flops_before = cgap.cg.flops() / cgap.cg.input_specs[0].shape[0]
+            res = _run_epoch(cgap, train_loader, optimizer, device, epoch, config.epochs, console, progress, step_hook,
+                             net)
+            if ctx is not None:  # global metrics (they gate pruning); rank 0's buffers for everyone
+                res = _reduce(ctx, res)
+                ctx.broadcast_(list(cgap.model.buffers()))
+            train_flops += 3 * flops_before * res.samples  # forward + backward ~ 3 forwards
+            widths_before = {g.id: g.width for g in cgap.cg.groups}
+            sal_before = flops_before
+            params_before = [id(p) for p in cgap.model.parameters()]
+            model_, optimizer, events = cgap.on_epoch_end(epoch, res.accuracy, optimizer)
+            if ctx is not None:
+                prints = ctx.check_in_step(cgap.model, {g.id: g.width for g in cgap.cg.groups}, f"after epoch {epoch}")
+                if events or [id(p) for p in cgap.model.parameters()] != params_before:
+                    net = ctx.wrap(cgap.model, device)  # the architecture changed: a new DDP over it
+            if events:  # the saliency batches of a structural step
+                train_flops += 3 * sal_before * config.saliency_batches * config.batch_size * sum(
+                    1 for e in events if e.startswith(("grew", "pruned")))
+            test = evaluate(cgap.model, test_loader, device, loss_fn)
+            if ctx is not None:  # each rank evaluated its slice of the test set
+                test = _reduce(ctx, test)
+            grew = any(e.startswith("grew") for e in events)
+            pruned = any(e.startswith("pruned") for e in events)
+            phase = ("grow+prune" if grew and pruned else "grow" if grew else "prune" if pruned else
+                     "finetune" if cgap.pruning_started else "train")
+            row = {"epoch": epoch, "phase": phase, "lr": lr, "loss": res.loss, "train_acc": res.accuracy,
+                   "test_acc": test.accuracy, "test_loss": test.loss, "params": cgap.cg.param_count(),
+                   "flops": cgap.cg.flops() / cgap.cg.input_specs[0].shape[0],
+                   "widths": {str(g.id): g.width for g in cgap.cg.groups},
+                   "widths_before": {str(k): v for k, v in widths_before.items()},
+                   "events": events, "train_flops_total": train_flops,
+                   "seconds": time.perf_counter() - t_run, "samples": n_train}
+            if ctx is not None:
+                row["world_size"] = ctx.world_size
+            metrics.append(row)
+            if main:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                _save_checkpoint(ckpt_path, cgap, optimizer, config, epoch, train_loader, meta)
+            widths = "-".join(str(g.width) for g in cgap.cg.groups)
+            console.print(f"epoch {epoch:3d}/{config.epochs} {phase:10s} lr {lr:.4g}  loss {res.loss:.4f}  "
+                          f"train {100 * res.accuracy:.2f}%  test {100 * test.accuracy:.2f}%  "
+                          f"params {row['params']:,}  widths {widths}" + (f"  [{'; '.join(events)}]" if events else ""),
+                          soft_wrap=True)
+            last = epoch
+            if stop_after is not None and epoch - start + 1 >= stop_after:
+                break
     final = RunResult(out, last, metrics[-1]["test_acc"] if metrics else float("nan"), cgap.cg.param_count(),
                       cgap.cg.flops(), {g.id: g.width for g in cgap.cg.groups}, train_flops,
                       time.perf_counter() - t_run, metrics)
-    if last == config.epochs:
+    if ctx is not None and main:  # each rank's final fingerprint (check_in_step proved them equal)
+        atomic_write_text(out / DIST_REPORT, json.dumps({
+            "world_size": ctx.world_size, "backend": ctx.backend, "epoch": last, "ranks": prints}, indent=2) + "\n")
+    if last == config.epochs and main:
         cgap.model.cpu()
         save_model(cgap.model, out / "model.pt", meta={**(meta or {}), "input_shape": list(input_shape),
                                                        "capacity": cgap.reference_widths,
@@ -344,15 +393,32 @@ def train_run(model: nn.Module, input_shape: tuple[int, ...], dataset: str, out_
     return final
 
 
-def _run_epoch(cgap, loader, optimizer, device, epoch, epochs, console, progress, after_step=None) -> EpochResult:
+def _run_epoch(cgap, loader, optimizer, device, epoch, epochs, console, progress, after_step=None,
+               net=None) -> EpochResult:
+    net = cgap.model if net is None else net  # the DDP wrapper in data-parallel runs
     if not progress or not console.is_terminal:
-        return train_epoch(cgap.model, loader, optimizer, device, cgap.loss_fn, epoch=epoch, after_step=after_step)
+        return train_epoch(net, loader, optimizer, device, cgap.loss_fn, epoch=epoch, after_step=after_step)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
     with Progress(TextColumn(f"epoch {epoch}/{epochs}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as bar:
-        task = bar.add_task("train", total=len(loader.dataset))
-        return train_epoch(cgap.model, loader, optimizer, device, cgap.loss_fn, epoch=epoch,
+        task = bar.add_task("train", total=getattr(loader.batch_sampler, "num_samples", len(loader.dataset)))
+        return train_epoch(net, loader, optimizer, device, cgap.loss_fn, epoch=epoch,
                            progress=lambda n: bar.advance(task, n), after_step=after_step)
+
+
+def _reduce(ctx, res: EpochResult) -> EpochResult:
+    """Loss, accuracy and sample count over all ranks' shards."""
+    loss, correct, n = ctx.sums([res.loss * res.samples, res.accuracy * res.samples, res.samples])
+    return EpochResult(loss / max(1.0, n), round(correct) / max(1.0, n), int(n))
+
+
+def _load_checkpoint(path: Path, out: Path) -> dict[str, Any]:
+    if not path.exists():
+        raise CgapError(f"--resume: no checkpoint in {out}; start the run without --resume")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CgapError(f"--resume: {path} is damaged ({type(exc).__name__}); start a new run") from None
 
 
 def _save_checkpoint(path: Path, cgap: CGaP, optimizer, config: TrainConfig, epoch: int, loader, meta) -> None:

@@ -58,8 +58,12 @@ def weight_slots(cg: ChannelGraph):
 
 def weight_scores(cg: ChannelGraph, data: Iterable | None = None, *, mode: str = "taylor", batches: int = 10,
                   loss_fn: Callable = F.cross_entropy, train_mode: bool = False,
-                  generator: torch.Generator | None = None) -> Saliency:
-    """Per-weight scores over ``batches`` batches of ``data`` (an iterable of (x, y))."""
+                  generator: torch.Generator | None = None,
+                  reduce_grads: Callable[[list[torch.Tensor]], None] | None = None) -> Saliency:
+    """Per-weight scores over ``batches`` batches of ``data`` (an iterable of (x, y)).
+
+    ``reduce_grads(grads)`` runs on each batch's gradients before they are scored: data-parallel
+    training averages them across processes there, so each score is that of the global batch."""
     if mode not in MODES:
         raise CgapError(f"unknown saliency mode '{mode}'; choose one of {', '.join(MODES)}")
     gm = cg.module
@@ -94,6 +98,11 @@ def weight_scores(cg: ChannelGraph, data: Iterable | None = None, *, mode: str =
             if not torch.isfinite(loss):
                 raise CgapError("the loss is not finite on the saliency data; check the model and the dataset")
             loss.backward()
+            if reduce_grads is not None:
+                for p in params.values():
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                reduce_grads([p.grad for p in params.values()])
             for k, p in params.items():
                 if p.grad is not None:
                     acc[k] += (p.grad.detach() * p.detach()).abs().double()

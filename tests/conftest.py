@@ -6,6 +6,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n 2`: one thread per worker, not 2 x 2 on 2 cores
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed():
