@@ -263,6 +263,18 @@ def train_run(model: nn.Module, input_shape: tuple[int, ...], dataset: str, out_
     main = ctx is None or ctx.is_main
     if ctx is not None:
         device = ctx.device(device)
+    ckpt_path = out / CHECKPOINT
+    start = 1
+    saved = None
+    if resume:  # every rank resumes from rank 0's checkpoint (no shared file system needed); the
+        # saved settings win over the ones passed now, loaders included
+        saved = _load_checkpoint(ckpt_path, out) if ctx is None else ctx.from_main(
+            lambda: _load_checkpoint(ckpt_path, out))
+        gm, _ = serialize.from_payload(saved["model"])
+        model = gm
+        config = TrainConfig(**json.loads(saved["config"])).validate()
+        start = saved["epoch"] + 1
+    if ctx is not None:
         if config.batch_size < ctx.world_size:
             raise CgapError(f"--batch-size {config.batch_size} is the global batch: it must be at least the "
                             f"number of processes ({ctx.world_size})")
@@ -275,16 +287,6 @@ def train_run(model: nn.Module, input_shape: tuple[int, ...], dataset: str, out_
                                seed=config.seed + 1, augment=False)
     if ctx is not None:  # each rank takes its slice of the same global batches
         train_loader, test_loader, saliency_loader = map(ctx.shard, (train_loader, test_loader, saliency_loader))
-    ckpt_path = out / CHECKPOINT
-    start = 1
-    saved = None
-    if resume:  # every rank resumes from rank 0's checkpoint (no shared file system needed)
-        saved = _load_checkpoint(ckpt_path, out) if ctx is None else ctx.from_main(
-            lambda: _load_checkpoint(ckpt_path, out))
-        gm, _ = serialize.from_payload(saved["model"])
-        model = gm
-        config = TrainConfig(**json.loads(saved["config"])).validate()
-        start = saved["epoch"] + 1
     if ctx is None:
         _check_output_dir(out)
     else:  # only rank 0 writes; if it cannot, every rank stops with its error

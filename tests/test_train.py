@@ -1,6 +1,7 @@
 """CGaP training (issue #4): the schedule of Algorithm 1, metrics, checkpoints, resume, NaN
 handling, bad input, the command line, the demo and the API example."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -56,7 +57,9 @@ def test_schedule_grows_prunes_learns_and_resumes(tmp_path):
     part = train_run(model, SHAPE, "mnist-mini", tmp_path / "killed", cfg, reference_widths=ref, progress=False,
                      stop_after=3)
     assert part.epochs == 3 and not (tmp_path / "killed" / "model.pt").exists()
-    resumed = train_run(None, SHAPE, "mnist-mini", tmp_path / "killed", cfg, resume=True, progress=False)
+    # resumed with other settings (as `--resume` with default options would pass): the saved ones win
+    other = dataclasses.replace(cfg, batch_size=cfg.batch_size * 2, train_limit=None)
+    resumed = train_run(None, SHAPE, "mnist-mini", tmp_path / "killed", other, resume=True, progress=False)
     assert resumed.widths == full.widths
     assert resumed.test_accuracy == full.test_accuracy
     a = [json.loads(ln) for ln in (tmp_path / "full" / METRICS).read_text().splitlines()]
