@@ -36,6 +36,7 @@ from common import RESULTS, machine, write_json  # noqa: E402
 
 from cgap_graph import zoo  # noqa: E402
 from cgap_graph.graph import trace  # noqa: E402
+from passes.export import export_onnx  # noqa: E402
 from passes.fpga_config import HwConfig  # noqa: E402
 from passes.fpga_cost import CostReport, cost_onnx, plot_compare  # noqa: E402
 from passes.prune import prune_units  # noqa: E402
@@ -50,19 +51,8 @@ METRICS = [("buffer_energy_pj", "buffer energy (uJ)", 1e-6), ("dram_energy_pj", 
 
 
 def to_onnx(model: torch.nn.Module, path: Path) -> None:
-    """Export with a dynamic batch axis (passes/export.py when present, else torch.onnx directly)."""
-    try:
-        from passes.export import export_onnx
-    except ImportError:
-        export_onnx = None
-    if export_onnx is not None:
-        export_onnx(model, SHAPE, path, check=False, exporter="legacy", shrink=False)
-        return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), torch.randn(*SHAPE), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["output"],
-                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+    """Export with a dynamic batch axis (the legacy exporter: ~10x faster than dynamo here)."""
+    export_onnx(model, SHAPE, path, check=False, exporter="legacy", shrink=False)
 
 
 def params(model: torch.nn.Module) -> int:

@@ -411,6 +411,15 @@ def _hyper_params():
     return params
 
 
+def _load_for_training(model: str, dataset: str, input_shape, arch, arch_kwargs, trust, width: float):
+    """The model to train and its input shape (--input-shape, else the file's, else the dataset's)."""
+    from .data import info
+    shapes = [parse_shape(s) for s in input_shape] if input_shape else None
+    kwargs = json.loads(arch_kwargs) if arch_kwargs else {}
+    loaded = load_model(model, arch=arch, arch_kwargs=kwargs, trust=trust, width=width)
+    return loaded, shapes[0] if shapes else (loaded.input_shape or (1, *info(dataset).shape))
+
+
 def _train_body(model: str, dataset: str, out: Path | None, config: Path | None, resume: bool, data_dir,
                 width: float, seed_width: float, input_shape, arch, arch_kwargs, trust, hyper: dict):
     from .config import load_config
@@ -426,11 +435,7 @@ def _train_body(model: str, dataset: str, out: Path | None, config: Path | None,
         return
     if not 0 < seed_width <= 1:
         raise CgapError(f"--seed-width must be in (0, 1], got {seed_width}")
-    from .data import info
-    shapes = [parse_shape(s) for s in input_shape] if input_shape else None
-    kwargs = json.loads(arch_kwargs) if arch_kwargs else {}
-    loaded = load_model(model, arch=arch, arch_kwargs=kwargs, trust=trust, width=width)
-    shape = shapes[0] if shapes else (loaded.input_shape or (1, *info(dataset).shape))
+    loaded, shape = _load_for_training(model, dataset, input_shape, arch, arch_kwargs, trust, width)
     torch.manual_seed(cfg.seed)
     cg = _trace(loaded.model, shape)
     reference = loaded.meta.get("capacity")
@@ -512,11 +517,7 @@ def _train_small_world_body(model: str, dataset: str, out: Path | None, config: 
             raise CgapError("--seed-width is for CGaP; Small-World pruning starts from the full model")
         if small_world["density"] is None:
             raise CgapError("--method small-world needs --density, the fraction of weights to keep, e.g. 0.03")
-        from .data import info
-        shapes = [parse_shape(s) for s in input_shape] if input_shape else None
-        kwargs = json.loads(arch_kwargs) if arch_kwargs else {}
-        loaded = load_model(model, arch=arch, arch_kwargs=kwargs, trust=trust, width=width)
-        shape = shapes[0] if shapes else (loaded.input_shape or (1, *info(dataset).shape))
+        loaded, shape = _load_for_training(model, dataset, input_shape, arch, arch_kwargs, trust, width)
         torch.manual_seed(cfg.seed)
         res = train_small_world(loaded.model, shape, dataset, out, cfg, density=small_world["density"],
                                 rescale_init=loaded.source == "zoo", data_dir=data_dir, console=console,

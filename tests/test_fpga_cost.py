@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 
 import numpy as np
 import onnx
@@ -21,6 +20,7 @@ from cgap_graph import zoo
 from cgap_graph.cli_cost import cost
 from cgap_graph.errors import CgapError
 from cgap_graph.graph import trace
+from passes.export import export_onnx
 from passes.fpga_config import HwConfig, load_hw_config
 from passes.fpga_cost import cost_onnx
 from passes.fpga_graph import MacLayer, MemoryPass, read_workload
@@ -35,19 +35,9 @@ BW = 19.2e9  # bytes/s
 
 
 def to_onnx(model: torch.nn.Module, shape: tuple[int, ...], path) -> None:
-    """The one place these tests turn a torch model into ONNX (dynamic batch axis)."""
-    try:
-        from passes.export import export_onnx
-    except ImportError:
-        export_onnx = None
-    if export_onnx is not None:  # the legacy exporter is ~10x faster than dynamo on these models
-        export_onnx(model, shape, path, check=False, exporter="legacy")
-        return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), torch.randn(*shape), str(path), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["output"],
-                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+    """The one place these tests turn a torch model into ONNX (dynamic batch axis); the legacy
+    exporter is ~10x faster than dynamo on these models."""
+    export_onnx(model, shape, path, check=False, exporter="legacy")
 
 
 def shrunk(name: str, rate: float = 0.5) -> torch.nn.Module:
