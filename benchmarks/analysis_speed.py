@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import machine, median_seconds, write_json  # noqa: E402
 
-import cgap_graph as cg  # noqa: E402
+import cgap_graph as cg
 from cgap_graph import zoo  # noqa: E402
 
 MODELS = [

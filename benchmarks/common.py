@@ -38,7 +38,7 @@ def machine() -> dict:
 
 
 def write_json(name: str, data: dict) -> Path:
-    from cgap_graph.io_utils import atomic_write_text
+    from cgap_graph.io.atomic import atomic_write_text
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")

@@ -35,12 +35,12 @@ sys.path.insert(0, str(ROOT))
 from common import RESULTS, machine, write_json  # noqa: E402
 
 from cgap_graph import zoo  # noqa: E402
-from cgap_graph.graph import trace  # noqa: E402
-from passes.export import export_onnx  # noqa: E402
-from passes.fpga_config import HwConfig  # noqa: E402
-from passes.fpga_cost import CostReport, cost_onnx, plot_compare  # noqa: E402
-from passes.prune import prune_units  # noqa: E402
-from passes.saliency import saliency  # noqa: E402
+from cgap_graph.ir.graph import trace  # noqa: E402
+from cgap_graph.passes.cgap.prune import prune_units  # noqa: E402
+from cgap_graph.passes.cgap.saliency import saliency  # noqa: E402
+from cgap_graph.passes.export import export_onnx  # noqa: E402
+from cgap_graph.passes.fpga.config import HwConfig  # noqa: E402
+from cgap_graph.passes.fpga.cost import CostReport, cost_onnx, plot_compare  # noqa: E402
 
 MODELS = [("vgg16", "VGG-16"), ("vgg19", "VGG-19"), ("resnet56", "ResNet-56"), ("resnet110", "ResNet-110")]
 SHAPE = (1, 3, 32, 32)

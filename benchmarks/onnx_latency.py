@@ -35,10 +35,10 @@ from common import machine, write_json  # noqa: E402
 
 import cgap_graph as cg  # noqa: E402
 from cgap_graph import zoo  # noqa: E402
-from cgap_graph.graph import trace  # noqa: E402
-from passes.export import export_onnx, session  # noqa: E402
-from passes.prune import prune_units  # noqa: E402
-from passes.saliency import saliency  # noqa: E402
+from cgap_graph.ir.graph import trace  # noqa: E402
+from cgap_graph.passes.cgap.prune import prune_units  # noqa: E402
+from cgap_graph.passes.cgap.saliency import saliency  # noqa: E402
+from cgap_graph.passes.export import export_onnx, session  # noqa: E402
 
 BATCHES = (1, 64)
 

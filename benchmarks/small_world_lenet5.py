@@ -34,10 +34,11 @@ sys.path.insert(0, str(ROOT))
 from common import machine, write_json  # noqa: E402
 
 import cgap_graph as cg  # noqa: E402
-from cgap_graph import data, zoo  # noqa: E402
-from cgap_graph.config import TrainConfig  # noqa: E402
-from cgap_graph.small_world_train import train_small_world  # noqa: E402
-from cgap_graph.train import train_run  # noqa: E402
+from cgap_graph import zoo  # noqa: E402
+from cgap_graph.run import data  # noqa: E402
+from cgap_graph.run.config import TrainConfig  # noqa: E402
+from cgap_graph.run.small_world import train_small_world  # noqa: E402
+from cgap_graph.run.train import train_run  # noqa: E402
 
 SHAPE = (1, 1, 28, 28)
 
@@ -74,7 +75,7 @@ def replace_epochs(cfg: TrainConfig, epochs: int) -> TrainConfig:
 
 
 def masked_row(args, cfg: TrainConfig, topology: str) -> dict:
-    from passes.export import export_onnx
+    from cgap_graph.passes.export import export_onnx
     out = args.out / topology
     torch.manual_seed(args.seed)
     t = time.perf_counter()

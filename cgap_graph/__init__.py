@@ -5,12 +5,13 @@
     g.groups[3].status()                     # 'prunable, growable'
 """
 
-from . import model_io, zoo
-from . import rules as _rules  # noqa: F401
-from .errors import CgapError, InputShapeError, ModelLoadError, SurgeryError, TraceError
-from .graph import ChannelGraph, Group, Member, trace
-from .model_io import load_model, save_model
-from .rules import all as _all_rules  # noqa: F401  (registers every op rule)
+from cgap_graph import rules as _rules  # noqa: F401
+from cgap_graph import zoo
+from cgap_graph.errors import CgapError, InputShapeError, ModelLoadError, SurgeryError, TraceError
+from cgap_graph.io import model_io
+from cgap_graph.io.model_io import load_model, save_model
+from cgap_graph.ir.graph import ChannelGraph, Group, Member, trace
+from cgap_graph.rules import all as _all_rules  # noqa: F401  (registers every op rule)
 
 __version__ = "0.1.0"
 

@@ -1,3 +1,3 @@
-from .cli import main
+from cgap_graph.cli import main
 
 main()

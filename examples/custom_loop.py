@@ -12,11 +12,12 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from cgap_graph import data, zoo
-from cgap_graph.config import TrainConfig
-from cgap_graph.graph import trace
-from cgap_graph.train import CGaP
-from passes.seed import seed
+from cgap_graph import zoo
+from cgap_graph.ir.graph import trace
+from cgap_graph.passes.cgap.seed import seed
+from cgap_graph.run import data
+from cgap_graph.run.config import TrainConfig
+from cgap_graph.run.train import CGaP
 
 
 def main(epochs: int = 8) -> float:

@@ -30,8 +30,8 @@ import torch
 from torch import nn
 
 from cgap_graph.errors import CgapError
-from cgap_graph.graph import ChannelGraph, trace
-from cgap_graph.io_utils import atomic_write_bytes, check_not_input
+from cgap_graph.io.atomic import atomic_write_bytes, check_not_input
+from cgap_graph.ir.graph import ChannelGraph, trace
 from cgap_graph.verify import random_inputs
 
 DEFAULT_OPSET = 18  # the exporter's native opset (torchlib); newer ones go through the version converter
@@ -65,8 +65,8 @@ def export_onnx(model: nn.Module | ChannelGraph, input_shape: tuple[int, ...] | 
                 inputs: list[str | Path] | tuple = ()) -> ExportReport:
     """Export ``model`` to ``path`` (see module docstring). The user's module is never modified:
     shrinking works on a copy. ``inputs`` are files the output must not overwrite."""
-    from passes.seed import group_key
-    from passes.shrink import shrink as shrink_pass
+    from cgap_graph.passes.cgap.seed import group_key
+    from cgap_graph.passes.cgap.shrink import shrink as shrink_pass
 
     out = Path(path)
     check_not_input(out, *inputs)

@@ -7,7 +7,7 @@ import torch
 from typer.testing import CliRunner
 
 from cgap_graph import zoo
-from cgap_graph.cli import app
+from cgap_graph.cli.app import app
 
 runner = CliRunner()
 

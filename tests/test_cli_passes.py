@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from user_models import MyMobileNet, MyResNet, MyVGG
 
 import cgap_graph as cg
-from cgap_graph.cli import app
+from cgap_graph.cli.app import app
 
 runner = CliRunner()
 CIFAR = Path(os.environ.get("CGAP_DATA_DIR", "/nonexistent"), "cifar-10", "cifar-10-batches-py", "test_batch")

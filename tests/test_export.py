@@ -9,17 +9,17 @@ from typer.testing import CliRunner
 
 import cgap_graph as cg
 from cgap_graph import zoo
-from cgap_graph.cli import app
+from cgap_graph.cli.app import app
 from cgap_graph.errors import CgapError
-from cgap_graph.graph import trace
+from cgap_graph.ir.graph import trace
+from cgap_graph.passes import export as export_mod
+from cgap_graph.passes.cgap.grow import grow
+from cgap_graph.passes.cgap.prune import prune_units
+from cgap_graph.passes.cgap.saliency import saliency
+from cgap_graph.passes.cgap.seed import group_key
+from cgap_graph.passes.export import ExportError, export_onnx, read_metadata, session
 from cgap_graph.surgery import mask_channels
 from cgap_graph.verify import randomize_norm_stats
-from passes import export as export_mod
-from passes.export import ExportError, export_onnx, read_metadata, session
-from passes.grow import grow
-from passes.prune import prune_units
-from passes.saliency import saliency
-from passes.seed import group_key
 
 TOL = 1e-4  # the bound on |ONNX Runtime - PyTorch|, times max(1, |output|): float32 resolves
 # ~1e-7 of an output's magnitude, and a grown model (paper init) can give outputs of 1e5

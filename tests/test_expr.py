@@ -4,7 +4,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cgap_graph.expr import SpaceTable
+from cgap_graph.ir.expr import SpaceTable
 
 
 def test_union_and_width():

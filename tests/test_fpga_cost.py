@@ -17,17 +17,17 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from cgap_graph import zoo
-from cgap_graph.cli_cost import cost
+from cgap_graph.cli.cost import cost
 from cgap_graph.errors import CgapError
-from cgap_graph.graph import trace
-from passes.export import export_onnx
-from passes.fpga_config import HwConfig, load_hw_config
-from passes.fpga_cost import cost_onnx
-from passes.fpga_graph import MacLayer, MemoryPass, read_workload
-from passes.fpga_schedule import Schedule, cost_layer, search_schedule
-from passes.fpga_sparse import WeightStore, csr_entries, zero_word_counts
-from passes.prune import prune_units
-from passes.saliency import saliency
+from cgap_graph.ir.graph import trace
+from cgap_graph.passes.cgap.prune import prune_units
+from cgap_graph.passes.cgap.saliency import saliency
+from cgap_graph.passes.export import export_onnx
+from cgap_graph.passes.fpga.config import HwConfig, load_hw_config
+from cgap_graph.passes.fpga.cost import cost_onnx
+from cgap_graph.passes.fpga.graph import MacLayer, MemoryPass, read_workload
+from cgap_graph.passes.fpga.schedule import Schedule, cost_layer, search_schedule
+from cgap_graph.passes.fpga.sparse import WeightStore, csr_entries, zero_word_counts
 
 CFG = HwConfig()
 F = 300e6  # Hz

@@ -7,7 +7,7 @@ import torch
 import cgap_graph as cg
 from cgap_graph import zoo
 from cgap_graph.errors import CgapError, ModelLoadError
-from cgap_graph.model_io import load_model, save_model
+from cgap_graph.io.model_io import load_model, save_model
 from cgap_graph.surgery import apply_selection
 
 

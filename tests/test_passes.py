@@ -12,14 +12,16 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 
 import cgap_graph as cg
-from cgap_graph import data, zoo
+from cgap_graph import zoo
 from cgap_graph.errors import CgapError
-from cgap_graph.verify import _MaskedStatsInterpreter, randomize_norm_stats
-from passes.grow import grow
-from passes.optim import carry_optimizer
-from passes.prune import prune, prune_units, sparse_units, zero_filters, zero_weights
-from passes.saliency import saliency
-from passes.seed import capacity_by_id, seed
+from cgap_graph.passes.cgap.grow import grow
+from cgap_graph.passes.cgap.optim import carry_optimizer
+from cgap_graph.passes.cgap.prune import prune, prune_units, sparse_units, zero_filters, zero_weights
+from cgap_graph.passes.cgap.saliency import saliency
+from cgap_graph.passes.cgap.seed import capacity_by_id, seed
+from cgap_graph.run import data
+from cgap_graph.verify import randomize_norm_stats
+from cgap_graph.verify.oracles import _MaskedStatsInterpreter
 
 ZOO_WIDTH = {"vgg16": 0.25, "vgg19": 0.25, "resnet56": 0.5, "resnet110": 0.25, "densenet": 0.5}
 

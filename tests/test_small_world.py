@@ -13,12 +13,10 @@ from onnx import numpy_helper
 
 import cgap_graph as cg
 from cgap_graph import zoo
-from cgap_graph.config import TrainConfig
 from cgap_graph.errors import CgapError
-from cgap_graph.graph import trace
-from cgap_graph.small_world_train import train_small_world
-from passes.export import export_onnx
-from passes.small_world import (
+from cgap_graph.ir.graph import trace
+from cgap_graph.passes.export import export_onnx
+from cgap_graph.passes.small_world import (
     MaskKeeper,
     apply_masks,
     build_masks,
@@ -27,11 +25,13 @@ from passes.small_world import (
     random_masks,
     small_world_masks,
 )
-from passes.small_world_dead import remove_dead_units
-from passes.small_world_layers import layered_graph
-from passes.small_world_measure import bfs_sources, path_length, square_clustering, unique_edges
-from passes.small_world_optimise import kept_params, prune_connections
-from passes.small_world_topology import row_degrees, small_world_mask
+from cgap_graph.passes.small_world.dead import remove_dead_units
+from cgap_graph.passes.small_world.layers import layered_graph
+from cgap_graph.passes.small_world.measure import bfs_sources, path_length, square_clustering, unique_edges
+from cgap_graph.passes.small_world.optimise import kept_params, prune_connections
+from cgap_graph.passes.small_world.topology import row_degrees, small_world_mask
+from cgap_graph.run.config import TrainConfig
+from cgap_graph.run.small_world import train_small_world
 
 SHAPE = (1, 1, 28, 28)
 
@@ -355,7 +355,7 @@ def test_report_serialises_and_prints():
 def test_train_command_small_world_method(tmp_path):
     from typer.testing import CliRunner
 
-    from cgap_graph.cli import app
+    from cgap_graph.cli.app import app
     runner = CliRunner()
     out = tmp_path / "cli"
     r = runner.invoke(app, ["train", "--method", "small-world", "--density", "0.05", "--dataset", "mnist-mini",

@@ -15,13 +15,13 @@ from typer.testing import CliRunner
 
 import cgap_graph as cg
 from cgap_graph import zoo
-from cgap_graph.cli import app
-from cgap_graph.config import TrainConfig, load_config
-from cgap_graph.data import DataError
+from cgap_graph.cli.app import app
 from cgap_graph.errors import CgapError
-from cgap_graph.graph import trace
-from cgap_graph.train import CHECKPOINT, METRICS, TrainingDiverged, train_run
-from passes.seed import seed
+from cgap_graph.ir.graph import trace
+from cgap_graph.passes.cgap.seed import seed
+from cgap_graph.run.config import TrainConfig, load_config
+from cgap_graph.run.data import DataError
+from cgap_graph.run.train import CHECKPOINT, METRICS, TrainingDiverged, train_run
 
 SHAPE = (1, 1, 28, 28)
 runner = CliRunner()

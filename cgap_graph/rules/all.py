@@ -1,6 +1,6 @@
 """Register every family of op rules."""
 
-from . import (  # noqa: F401
+from cgap_graph.rules import (  # noqa: F401
     attention,
     elementwise,
     join_split,

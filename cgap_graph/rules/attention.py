@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import TraceError
-from ..values import TInfo
-from .linear_conv import _split_side
-from .registry import TSpec, broadcast_shapes, register
-from .util import shp, v
+from cgap_graph.errors import TraceError
+from cgap_graph.ir.values import TInfo
+from cgap_graph.rules.linear_conv import _split_side
+from cgap_graph.rules.registry import TSpec, broadcast_shapes, register
+from cgap_graph.rules.util import shp, v
 
 
 def _sdpa_args(args, kwargs):

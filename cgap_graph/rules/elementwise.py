@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..values import SizeV, TInfo
-from .registry import TSpec, broadcast_shapes, register
-from .util import is_tensor, result_dtype, shp, spec_like, v
+from cgap_graph.ir.values import SizeV, TInfo
+from cgap_graph.rules.registry import TSpec, broadcast_shapes, register
+from cgap_graph.rules.util import is_tensor, result_dtype, shp, spec_like, v
 
 
 # ---- unary ----------------------------------------------------------------------------------

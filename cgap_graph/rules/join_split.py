@@ -15,11 +15,11 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from .. import analysis as A
-from ..expr import concat
-from ..values import SizeV, TInfo
-from .registry import TSpec, norm_dim, register
-from .util import F1, is_tensor, shp, v
+from cgap_graph.ir import analysis as A
+from cgap_graph.ir.expr import concat
+from cgap_graph.ir.values import SizeV, TInfo
+from cgap_graph.rules.registry import TSpec, norm_dim, register
+from cgap_graph.rules.util import F1, is_tensor, shp, v
 
 
 # ---- cat / stack ---------------------------------------------------------------------------

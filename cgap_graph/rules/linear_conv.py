@@ -19,11 +19,11 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from .. import analysis as A
-from ..expr import product
-from ..values import TInfo
-from .registry import TSpec, broadcast_shapes, register
-from .util import F1, shp, v
+from cgap_graph.ir import analysis as A
+from cgap_graph.ir.expr import product
+from cgap_graph.ir.values import TInfo
+from cgap_graph.rules.registry import TSpec, broadcast_shapes, register
+from cgap_graph.rules.util import F1, shp, v
 
 
 # ---- shapes -----------------------------------------------------------------------------------

@@ -13,9 +13,9 @@ import math
 
 import torch
 
-from ..values import SizeV, TInfo
-from .registry import TSpec, register
-from .util import F1, shp, v
+from cgap_graph.ir.values import SizeV, TInfo
+from cgap_graph.rules.registry import TSpec, register
+from cgap_graph.rules.util import F1, shp, v
 
 
 def _size_channels(an, node, args, kwargs):

@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..expr import product
-from ..values import TInfo
-from .registry import TSpec, register
-from .util import shp, v
+from cgap_graph.ir.expr import product
+from cgap_graph.ir.values import TInfo
+from cgap_graph.rules.registry import TSpec, register
+from cgap_graph.rules.util import shp, v
 
 
 def _same_shape_mod(mod, args, kwargs):

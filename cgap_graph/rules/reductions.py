@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..values import TInfo
-from .elementwise import _add_like, _bcast_shape
-from .registry import NamedSpecs, TSpec, norm_dim, register
-from .util import is_tensor, shp, v
+from cgap_graph.ir.values import TInfo
+from cgap_graph.rules.elementwise import _add_like, _bcast_shape
+from cgap_graph.rules.registry import NamedSpecs, TSpec, norm_dim, register
+from cgap_graph.rules.util import is_tensor, shp, v
 
 # function -> (name of its dim argument, position of dim, position of keepdim)
 _REDUCE = {

@@ -16,11 +16,11 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .. import analysis as A
-from ..expr import product
-from ..values import TInfo
-from .registry import TSpec, norm_dim, register
-from .util import F1, is_tensor, shp, v
+from cgap_graph.ir import analysis as A
+from cgap_graph.ir.expr import product
+from cgap_graph.ir.values import TInfo
+from cgap_graph.rules.registry import TSpec, norm_dim, register
+from cgap_graph.rules.util import F1, is_tensor, shp, v
 
 
 # ---- shapes ---------------------------------------------------------------------------------

@@ -6,9 +6,9 @@ from typing import Any
 
 import torch
 
-from ..symbolic import SymShape, SymTensor, SymValue
-from ..values import SizeV
-from .registry import TSpec
+from cgap_graph.ir.symbolic import SymShape, SymTensor, SymValue
+from cgap_graph.ir.values import SizeV
+from cgap_graph.rules.registry import TSpec
 
 F1 = ("F", 1)
 

@@ -10,13 +10,13 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .densenet import densenet
-from .lenet import LeNet5
-from .mobilenet import mobilenetv2
-from .resnet import resnet20, resnet56, resnet110
-from .senet import se_resnet
-from .transformer import vit
-from .vgg import vgg16, vgg19
+from cgap_graph.zoo.densenet import densenet
+from cgap_graph.zoo.lenet import LeNet5
+from cgap_graph.zoo.mobilenet import mobilenetv2
+from cgap_graph.zoo.resnet import resnet20, resnet56, resnet110
+from cgap_graph.zoo.senet import se_resnet
+from cgap_graph.zoo.transformer import vit
+from cgap_graph.zoo.vgg import vgg16, vgg19
 
 
 @dataclass(frozen=True)

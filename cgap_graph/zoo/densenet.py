@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import scaled
+from cgap_graph.zoo.common import scaled
 
 
 class DenseLayer(nn.Module):

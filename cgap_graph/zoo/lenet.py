@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from .common import scaled
+from cgap_graph.zoo.common import scaled
 
 
 class LeNet5(nn.Module):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .common import scaled
+from cgap_graph.zoo.common import scaled
 
 
 def _conv_bn(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1, act: bool = True) -> nn.Sequential:

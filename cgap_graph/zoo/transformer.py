@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .common import scaled
+from cgap_graph.zoo.common import scaled
 
 
 class EncoderLayer(nn.Module):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .common import scaled
+from cgap_graph.zoo.common import scaled
 
 CFG = {
     16: [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],

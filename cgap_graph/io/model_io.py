@@ -1,0 +1,195 @@
+"""Loading models given on the command line, and saving results.
+
+What ``MODEL`` can be:
+
+- a zoo name (``resnet56``; ``--width`` scales it);
+- a file written by cgap-graph (``save_model``): safe to open, needs no model class;
+- a state dict (``torch.save(model.state_dict())``) with ``--arch module:factory`` naming the
+  code that builds the architecture (importable from the current directory);
+- a pickled module (``torch.save(model)``): loading one runs code from the file, so it loads
+  only with ``trust=True`` (``--trust``).
+
+Every failure is a :class:`ModelLoadError` with one line that says what to do.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import pickle
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from cgap_graph import zoo
+from cgap_graph.errors import ModelLoadError
+from cgap_graph.io import serialize
+from cgap_graph.io.atomic import atomic_write, check_not_input
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    source: str  # "zoo" | "cgap" | "state_dict" | "pickle"
+    input_shape: tuple[int, ...] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _import_factory(spec: str):
+    if ":" not in spec:
+        raise ModelLoadError(f"--arch '{spec}' must look like 'package.module:factory'")
+    mod_name, _, attr = spec.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        mod = importlib.import_module(mod_name)
+    except Exception as exc:
+        raise ModelLoadError(f"cannot import '{mod_name}' for --arch: {type(exc).__name__}: {exc}") from None
+    obj = mod
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ModelLoadError(f"'{mod_name}' has no '{attr}' (from --arch {spec})")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ModelLoadError(f"--arch {spec} is not callable")
+    return obj
+
+
+def _unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
+    if isinstance(obj, dict):
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+        for key in ("state_dict", "model_state_dict", "model", "net", "weights"):
+            if key in obj and isinstance(obj[key], dict):
+                found = _unwrap_state_dict(obj[key])
+                if found is not None:
+                    return found
+    return None
+
+
+def _torch_load(path: Path, weights_only: bool) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except pickle.UnpicklingError as exc:
+        # a well-formed pickle of objects (a whole model) names the classes it needs; anything
+        # else failing here (a text file, random bytes) is simply not a model file
+        if weights_only and "Unsupported global" in str(exc):
+            raise _NeedsTrust() from None
+        raise ModelLoadError(f"{path} is not a PyTorch model file or is corrupt (unreadable pickle)") from None
+    except PermissionError:
+        raise ModelLoadError(f"cannot read {path}: permission denied") from None
+    except Exception as exc:  # any other failure: not a torch file, truncated, damaged
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"{path} is not a PyTorch model file or is corrupt "
+                             f"({type(exc).__name__}: {msg[:120]})") from None
+
+
+class _NeedsTrust(Exception):
+    pass
+
+
+def load_model(model: str, *, arch: str | None = None, arch_kwargs: dict[str, Any] | None = None,
+               trust: bool = False, width: float = 1.0) -> LoadedModel:
+    """Load ``model`` (a zoo name or a file; see module docstring)."""
+    path = Path(model)
+    name = model[4:] if model.startswith("zoo:") else model
+    if not path.exists():
+        if name in zoo.ZOO:
+            if not width > 0:
+                raise ModelLoadError(f"--width must be > 0, got {width}")
+            return LoadedModel(zoo.build(name, width=width), "zoo", zoo.input_shape(name),
+                               {"zoo": name, "width": width})
+        raise ModelLoadError(f"no file '{model}' and no zoo model of that name; zoo models: "
+                             f"{', '.join(zoo.names())}")
+    if path.is_dir():
+        raise ModelLoadError(f"{model} is a directory; give a model file")
+    if arch is not None:
+        obj = _torch_load(path, weights_only=True)
+        state = _unwrap_state_dict(obj)
+        if state is None:
+            raise ModelLoadError(f"{model} holds no state dict (a dict of tensors); save one with "
+                                 "torch.save(model.state_dict(), path)")
+        factory = _import_factory(arch)
+        try:
+            net = factory(**(arch_kwargs or {}))
+        except Exception as exc:
+            raise ModelLoadError(f"--arch {arch} failed to build the model: {type(exc).__name__}: {exc}") from None
+        if not isinstance(net, nn.Module):
+            raise ModelLoadError(f"--arch {arch} returned {type(net).__name__}, not a torch.nn.Module")
+        missing, unexpected = _load_state(net, state)
+        if missing or unexpected:
+            detail = (f"missing {len(missing)} (e.g. {missing[0]})" if missing else "") + \
+                     ("; " if missing and unexpected else "") + \
+                     (f"unexpected {len(unexpected)} (e.g. {unexpected[0]})" if unexpected else "")
+            raise ModelLoadError(f"the weights in {model} do not fit --arch {arch}: {detail}")
+        return LoadedModel(net.eval(), "state_dict")
+    try:
+        obj = _torch_load(path, weights_only=True)
+    except _NeedsTrust:
+        obj = _load_trusted_pickle(path, model, trust)
+    if isinstance(obj, dict) and obj.get("format") == serialize.FORMAT:
+        try:
+            gm, meta = serialize.from_payload(obj)
+        except Exception as exc:
+            raise ModelLoadError(f"{model} is a damaged cgap-graph file: {exc}") from None
+        shape = tuple(meta["input_shape"]) if meta.get("input_shape") else None
+        return LoadedModel(gm.eval(), "cgap", shape, meta)
+    if isinstance(obj, nn.Module):
+        return LoadedModel(obj.eval(), "pickle")
+    if _unwrap_state_dict(obj) is not None:
+        raise ModelLoadError(f"{model} holds only weights (a state dict); say which architecture they belong to "
+                             "with --arch module:factory")
+    raise ModelLoadError(f"{model} holds a {type(obj).__name__}, not a model")
+
+
+def _load_trusted_pickle(path: Path, model: str, trust: bool) -> nn.Module:
+    if not trust:
+        raise ModelLoadError(
+            f"{model} is a pickled model: loading it runs code from the file. If you trust it, add "
+            "--trust (trust=True); otherwise save model.state_dict() and pass --arch module:factory")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"cannot unpickle {model}: {type(exc).__name__}: {msg} (is the model's class "
+                             "importable from here?)") from None
+    if not isinstance(obj, nn.Module):
+        raise ModelLoadError(f"{model} holds a {type(obj).__name__}, not a torch.nn.Module")
+    return obj
+
+
+def _load_state(net: nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str]]:
+    try:
+        res = net.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # size mismatches
+        line = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc).splitlines()[0])
+        raise ModelLoadError(f"the weights do not fit the architecture: {line}") from None
+    return list(res.missing_keys), list(res.unexpected_keys)
+
+
+def save_model(module: nn.Module, path: str | os.PathLike, *, meta: dict[str, Any] | None = None,
+               inputs: list[str | os.PathLike] | None = None) -> str:
+    """Save atomically. Graph modules go to the safe cgap-graph format when possible (returns
+    "cgap"); otherwise the module is pickled (returns "pickle": loading it needs its class and
+    ``--trust``)."""
+    check_not_input(path, *(inputs or []))
+    payload: Any
+    kind = "cgap"
+    if isinstance(module, fx.GraphModule):
+        try:
+            payload = serialize.to_payload(module, meta)
+        except serialize.NotSerializable:
+            payload, kind = module, "pickle"
+    else:
+        payload, kind = module, "pickle"
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    return kind
+
+
+__all__ = ["LoadedModel", "load_model", "save_model", "json"]

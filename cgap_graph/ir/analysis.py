@@ -1,0 +1,338 @@
+"""Channel analysis: run every op's channel rule over a traced graph.
+
+For each node the analysis computes one channel expression per output dimension (see
+``expr.py``), and it collects every place that must change when a group's width changes:
+
+- ``Slot``: one dimension of a parameter or buffer (conv rows, linear columns, BN statistics),
+  with a *role*: ``produce`` (copied when a unit is duplicated, zeroed when it is masked),
+  ``consume`` (split between copies: the Net2Wider rule), or ``stat`` (running statistics);
+- ``AttrSlot``: a module attribute (``in_channels``, ``num_features``, ``groups``...);
+- ``ConstSlot``: a constant baked into the graph (``view(-1, 400)``, split sizes, pad amounts).
+
+Ops without a rule, rules that do not cover a call, and model inputs/outputs freeze the groups
+they touch, with a reason that names the op.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch.fx as fx
+from torch import nn
+
+from cgap_graph.ir.expr import Expr, SpaceTable
+from cgap_graph.ir.tracer import Traced
+from cgap_graph.ir.values import SizeV, TInfo
+from cgap_graph.rules import registry as R
+
+
+@dataclass
+class Slot:
+    key: str  # qualified name of the parameter/buffer, e.g. "layer1.0.conv1.weight"
+    dim: int
+    expr: Expr
+    role: str  # "produce" | "consume" | "stat"
+    split: set = field(default_factory=set)  # spaces this produce slot splits (bilinear side)
+
+
+@dataclass
+class AttrSlot:
+    module: str
+    attr: str
+    expr: Any  # Expr, or tuple of Expr for tuple-valued attributes (normalized_shape)
+    scale: int = 1  # attribute = scale * width (e.g. in_channels of a grouped conv)
+
+
+@dataclass
+class ConstSlot:
+    node: str  # node name
+    path: tuple  # where in node.args/kwargs: ("args", 1), ("args", 1, 2), ("kwargs", "scale")
+    expr: Any
+    mode: str = "width"  # "width" | "infer" (-1) | "sdpa_scale" | "chunk" | "slice_start" | "slice_stop"
+    extra: Any = None
+
+
+class Analyzer:
+    def __init__(self, traced: Traced) -> None:
+        self.traced = traced
+        self.t = SpaceTable()
+        self.slots: dict[tuple[str, int], Slot] = {}
+        self.attr_slots: list[AttrSlot] = []
+        self.const_slots: list[ConstSlot] = []
+        self.vals: dict[fx.Node, Any] = {}
+        self.unknown: list[tuple[str, str, str]] = []  # (node name, op description, reason)
+        self.canon: dict[str, Expr] = {}
+        self.modules: dict[str, nn.Module] = {}
+        self.notes: list[str] = []
+        self.node: fx.Node | None = None
+
+    # ---- helpers for rules ---------------------------------------------------------------
+    def where(self, node: fx.Node | None = None) -> _Where:
+        """Names the op for messages; formatted only if a message is actually written."""
+        return _Where(node or self.node)
+
+    def unify(self, a: Expr, b: Expr, why: str | None = None) -> None:
+        self.t.unify(a, b, why or self.where())
+
+    def freeze(self, e: Expr, why: str) -> None:
+        self.t.freeze(e, why)
+
+    def freeze_val(self, v: Any, why: str) -> None:
+        for ti in iter_tinfos(v):
+            for e in ti.exprs:
+                self.t.freeze(e, why)
+
+    def note(self, e: Expr, why: str, *, prune: bool = True, grow: bool = True) -> None:
+        if self.t.has_space(e):
+            self.t.note(e, why, prune=prune, grow=grow)
+
+    def tensor(self, key: str):
+        return self.traced.tensors[key]
+
+    def pspace(self, key: str, dim: int, role: str = "produce", like: Expr | None = None) -> Expr:
+        """The canonical layout of one dimension of a parameter/buffer, registering its slot.
+
+        ``like``: the layout this dimension is about to be unified with; on first use it
+        becomes the slot's layout directly (same result as a fresh space plus ``unify``,
+        without the work)."""
+        k = (key, dim)
+        s = self.slots.get(k)
+        if s is None:
+            size = self.traced.tensors[key].shape[dim]
+            if like is not None and self.t.width(like) == size:
+                e = like  # any layout, a concat included; an F layout (model input) needs no space
+            else:
+                e = ("F", 1) if size == 1 else ("S", self.t.new(size, f"{key}[{dim}]"))
+            s = Slot(key, dim, e, role)
+            self.slots[k] = s
+        elif s.role != role and "stat" not in (s.role, role):
+            self.note(s.expr, f"{key} is used both as a producer and a consumer (shared weights)",
+                      prune=False, grow=True)
+        return s.expr
+
+    def cspace(self, name: str, width: int) -> Expr:
+        """A canonical space not tied to a tensor (e.g. the groups of a grouped conv)."""
+        e = self.canon.get(name)
+        if e is None:
+            e = ("F", 1) if width == 1 else ("S", self.t.new(width, name))
+            self.canon[name] = e
+        return e
+
+    def attr(self, module: str, attr: str, expr: Any, scale: int = 1) -> None:
+        self.attr_slots.append(AttrSlot(module, attr, expr, scale))
+
+    def const(self, path: tuple, expr: Any, mode: str = "width", extra: Any = None) -> None:
+        self.const_slots.append(ConstSlot(self.node.name, path, expr, mode, extra))
+
+    def spaces_in(self, e: Expr) -> bool:
+        return self.t.has_space(e)
+
+    def mark_split(self, node: Any, e: Expr, written: set[int] | None = None) -> bool:
+        """Make the producer of ``node``'s values split (scale 1/n), instead of copy, the
+        duplicated units of the spaces written in ``e``: the second operand of a bilinear
+        contraction (q.k^T, x @ W). Walks back through pure data movement whose values feed only
+        this use; returns False if no linear producer is found (growth is then not exact)."""
+        written = self.t.written_leaves(e) if written is None else written
+        if not written:
+            return True
+        seen = 0
+        while isinstance(node, fx.Node) and seen < 64:
+            seen += 1
+            if _data_users(node) != 1 and node.op != "get_attr" and node.target not in _MULTI_OUT:
+                return False
+            if node.op == "get_attr":
+                if self.traced.attr_kind.get(node.target) not in ("param", "buffer") or _data_users(node) != 1:
+                    return False
+                hit = False
+                for (key, _d), slot in self.slots.items():
+                    if key == node.target and written & self.t.written_leaves(slot.expr):
+                        slot.split |= written
+                        hit = True
+                return hit
+            if node.op == "call_module":
+                mod = self.modules.get(node.target)
+                if isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+                    for name in ("weight", "bias"):
+                        s = self.slots.get((f"{node.target}.{name}", 0))
+                        if s is not None:
+                            s.split |= written
+                    return True
+                return False
+            if node.op == "call_function" and node.target in _LINEAR_FUNCS:
+                ok = True
+                for a in node.args[1:3]:
+                    if isinstance(a, fx.Node):
+                        ok = self.mark_split(a, e, written) and ok
+                return ok
+            if _is_data_movement(node):
+                node = node.args[0]
+                continue
+            return False
+        return False
+
+    # ---- driver ------------------------------------------------------------------------------
+    def run(self) -> None:
+        graph = self.traced.graph
+        modules = self.traced.modules
+        for n in graph.nodes:
+            if n.op == "call_module":
+                self.modules[n.target] = modules[n.target]
+        for node in graph.nodes:
+            self.node = node
+            try:
+                self.vals[node] = self.visit(node)
+            except Exception as exc:  # a rule that does not cover this call: freeze, never guess
+                self.vals[node] = self._opaque(node, f"channel rule failed: {type(exc).__name__}: {exc}")
+        self.node = None
+        for node, why, loc in self.traced.guards:
+            v = self.vals.get(node)
+            if isinstance(v, SizeV):
+                for e in v.exprs:
+                    self.freeze(e, f"forward() specialises on this width ({why} at {loc})")
+        self.t.finalize()
+
+    def visit(self, node: fx.Node) -> Any:
+        op = node.op
+        if op == "placeholder":
+            return TInfo(tuple(("F", s) for s in node.meta["shape"]), False, node.meta["shape"])
+        if op == "get_attr":
+            kind = self.traced.attr_kind.get(node.target)
+            shape = node.meta["shape"]
+            if kind in ("param", "buffer"):
+                return TInfo(tuple(self.pspace(node.target, d) for d in range(len(shape))), True, shape)
+            return TInfo(tuple(("F", s) for s in shape), False, shape)
+        if op == "output":
+            out = self.map_args(node.args[0])
+            self.freeze_val(out, "model output")
+            return None
+        args = self.map_args(node.args)
+        kwargs = self.map_args(node.kwargs)
+        if node.meta.get("meta_shape"):
+            return self._opaque(node, "no rule for this op (or for this use of it)", args, kwargs)
+        if op == "call_module":
+            mod = self.modules[node.target]
+            rule = R.module_rule(mod)
+            if rule is None or rule.channels is None:
+                return self._opaque(node, f"no channel rule for module {type(mod).__name__}", args, kwargs)
+            return rule.channels(self, node, mod, args, kwargs)
+        rule = R.target_rule(op, node.target)
+        if rule is None or rule.channels is None:
+            return self._opaque(node, "no channel rule", args, kwargs)
+        return rule.channels(self, node, args, kwargs)
+
+    def map_args(self, a: Any) -> Any:
+        t = type(a)
+        if t is fx.Node:
+            return self.vals.get(a)
+        if isinstance(a, tuple):
+            return tuple(self.map_args(x) for x in a)
+        if isinstance(a, list):  # fx stores immutable_list
+            return [self.map_args(x) for x in a]
+        if isinstance(a, dict):
+            return {k: self.map_args(v) for k, v in a.items()}
+        if t is slice:
+            return slice(self.map_args(a.start), self.map_args(a.stop), self.map_args(a.step))
+        return a
+
+    def _opaque(self, node: fx.Node, reason: str, args: Any = None, kwargs: Any = None) -> Any:
+        if args is None:
+            args, kwargs = self.map_args(node.args), self.map_args(node.kwargs)
+        why = f"{self.where(node)}: {reason}"
+        self.freeze_val((args, kwargs), why)
+        self.unknown.append((node.name, describe_target(node), reason))
+        return fixed_value(node.meta.get("shape"), node.meta.get("value"))
+
+
+class _Where:
+    """Lazy "op (node 'name')" text: most unifications never need their reason spelled out."""
+
+    __slots__ = ("node",)
+
+    def __init__(self, node: fx.Node) -> None:
+        self.node = node
+
+    def __str__(self) -> str:
+        return f"{describe_target(self.node)} (node '{self.node.name}')"
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
+def fixed_value(shape: Any, value: Any = None) -> Any:
+    """A value whose dimensions are all fixed (output of an opaque op)."""
+    if shape is None:
+        return value
+    if isinstance(shape, tuple) and shape and (shape[0] is None or isinstance(shape[0], tuple)):
+        return tuple(fixed_value(s) for s in shape)
+    return TInfo(tuple(("F", s) for s in shape), False, tuple(shape))
+
+
+def iter_tinfos(v: Any):
+    if isinstance(v, TInfo):
+        yield v
+    elif isinstance(v, (tuple, list)):
+        for x in v:
+            yield from iter_tinfos(x)
+    elif isinstance(v, dict):
+        for x in v.values():
+            yield from iter_tinfos(x)
+    elif isinstance(v, slice):
+        yield from iter_tinfos((v.start, v.stop, v.step))
+
+
+def describe_target(node: fx.Node) -> str:
+    t = node.target
+    if node.op == "call_module":
+        return f"module '{t}'"
+    if node.op == "call_method":
+        return f"Tensor.{t}"
+    if node.op == "call_function":
+        mod = getattr(t, "__module__", None) or ""
+        name = getattr(t, "__name__", str(t))
+        if mod in ("_operator", "operator"):
+            return f"operator.{name}"
+        if mod.startswith("torch.nn.functional"):
+            return f"F.{name}"
+        if mod.startswith("torch"):
+            return f"torch.{name}"
+        return f"{mod}.{name}" if mod else name
+    return f"{node.op} {t}"
+
+
+_LINEAR_FUNCS: set = set()
+# Multi-output ops: their users take disjoint pieces, so several users are fine for a split mark.
+_MULTI_OUT: set = {"split", "chunk", "unbind"}
+_DATA_MOVEMENT_METHODS = {"view", "reshape", "transpose", "permute", "contiguous", "flatten", "unflatten",
+                          "squeeze", "unsqueeze", "to", "float", "half", "double", "bfloat16", "type_as",
+                          "clone", "detach", "movedim", "swapaxes", "t", "expand", "expand_as", "split",
+                          "chunk"}
+_DATA_MOVEMENT_FUNCS: set = set()  # filled by the rule families (torch.split, torch.transpose...)
+
+
+def _data_users(node: fx.Node) -> int:
+    """Users that read values (not just the shape, like ``x.size(1)``)."""
+    return sum(1 for u in node.users
+               if not (u.op == "call_method" and u.target == "size") and u.target is not getattr)
+
+
+def _is_data_movement(node: fx.Node) -> bool:
+    if node.op == "call_method":
+        return node.target in _DATA_MOVEMENT_METHODS
+    if node.op == "call_function":
+        if node.target is operator.getitem:
+            # slices keep distinct channel ids; an integer index (qkv[1]) would not
+            idx = node.args[1]
+            items = idx if isinstance(idx, tuple) else (idx,)
+            return all(isinstance(i, slice) or i is None or i is Ellipsis for i in items) or \
+                isinstance(node.args[0], fx.Node) and isinstance(node.args[0].meta.get("shape"), tuple) and \
+                bool(node.args[0].meta["shape"]) and isinstance(node.args[0].meta["shape"][0], tuple)
+        if node.target in _DATA_MOVEMENT_FUNCS:
+            return True
+        if node.target in (operator.mul, operator.truediv) and len(node.args) == 2 and \
+                isinstance(node.args[1], (int, float)):
+            return True
+    if node.op == "call_module":
+        return False
+    return False

@@ -1,0 +1,304 @@
+"""Pruning pass (Algorithm 3) and direct unit pruning, ending in a physically smaller model.
+
+Algorithm 3: in every layer (weight tensor), the ``gamma_W`` fraction of weights with the lowest
+score (Eq. 11/12) is zeroed; then every unit (filter, or neuron) whose weights are more than
+``gamma_F`` (``gamma_N``) sparse is removed across its whole group. A unit's sparsity counts the
+same weights its saliency does (a filter's rows in every producing layer, a neuron's fan-out
+columns; see ``saliency.py``). ``prune_units`` removes the lowest-scoring fraction of each group
+instead, for a target width.
+
+Removing a unit whose filter weights are zero is not always free: its bias and BatchNorm shift
+still produce a constant that the next layers read. Where the reader is a Linear layer or an
+unpadded convolution that constant is folded exactly into the reader's bias (a bias is added if
+there was none) before the unit goes; readers where a constant cannot be folded exactly (a
+padded convolution sees it only inside the image) are reported. The result: the model after
+``prune`` equals the model with the removed filters zeroed, up to the reported readers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.fx as fx
+from torch import nn
+
+from cgap_graph.ir.analysis import Slot
+from cgap_graph.ir.graph import ChannelGraph
+from cgap_graph.passes.cgap.grow import check_rates
+from cgap_graph.passes.cgap.saliency import Saliency, unit_weights, weight_slots
+from cgap_graph.surgery import SurgeryReport, _get_tensor, apply_selection, mask_channels
+from cgap_graph.verify import random_inputs
+
+
+@dataclass
+class PruneReport:
+    surgery: SurgeryReport | None
+    weights_zeroed: int = 0
+    weights_total: int = 0
+    removed: dict[int, list[int]] = field(default_factory=dict)
+    folded: list[str] = field(default_factory=list)
+    not_folded: list[str] = field(default_factory=list)
+    inexact: list[str] = field(default_factory=list)  # groups whose removal changes cross-channel statistics
+
+
+def layer_rate(key: str, rate: float, layer_rates: dict[str, float] | None) -> float:
+    """The rate for a weight tensor: its layer's entry in ``layer_rates`` (module path), else ``rate``."""
+    if layer_rates:
+        mod = key.rpartition(".")[0]
+        if mod in layer_rates:
+            return float(layer_rates[mod])
+    return rate
+
+
+@torch.no_grad()
+def zero_weights(cg: ChannelGraph, sal: Saliency, rate: float,
+                 layer_rates: dict[str, float] | None = None) -> tuple[int, int]:
+    """Zero the lowest-scoring fraction of weights in every weight tensor (Alg. 3, l. 1-5): ``rate``,
+    or the layer's own rate from ``layer_rates`` (the paper follows per-layer rates for LeNet-5)."""
+    gm = cg.module
+    zeroed = total = 0
+    for key in sorted({s.key for s in weight_slots(cg)}):
+        w = _get_tensor(gm, key)
+        score = sal.weights[key].to(w.device)
+        k = int(layer_rate(key, rate, layer_rates) * w.numel())
+        total += w.numel()
+        if k == 0:
+            continue
+        idx = torch.topk(score.flatten(), k, largest=False).indices
+        w.view(-1)[idx] = 0.0
+        zeroed += k
+    return zeroed, total
+
+
+def unit_sparsity(cg: ChannelGraph, gid: int) -> np.ndarray:
+    """Fraction of zero weights of each unit, over the weights its saliency counts."""
+    g = cg.group(gid)
+    gm = cg.module
+    zeros, counts = np.zeros(g.width), np.zeros(g.width)
+    for s, ids in unit_weights(cg, gid):
+        w = _get_tensor(gm, s.key).detach()
+        flat = w.transpose(0, s.dim).reshape(w.shape[s.dim], -1)
+        z = (flat == 0).sum(1).double().cpu().numpy()
+        n = np.full(len(z), flat.shape[1], dtype=np.float64)
+        mask = ids >= 0
+        np.add.at(zeros, ids[mask], z[mask])
+        np.add.at(counts, ids[mask], n[mask])
+    return np.divide(zeros, counts, out=np.zeros_like(zeros), where=counts > 0)
+
+
+def prune(cg: ChannelGraph, sal: Saliency, weight_rate: float = 0.5, unit_rate: float | None = 0.5, *,
+          fold: bool = True, shrink: bool = True, layer_rates: dict[str, float] | None = None,
+          target_params: int | None = None, zero_survivors: bool = True) -> PruneReport:
+    """Algorithm 3 (see module docstring), in place on ``cg.module``. With ``layer_rates`` and
+    ``unit_rate=None``, each unit's threshold is the rate of the layers its sparsity counts
+    (gamma_F = gamma_W per layer, as in the paper). With ``target_params``, the units over their
+    threshold go sparsest first and no further than the model needs to fit that budget. With
+    ``zero_survivors=False`` the zeroed weights only choose the units to remove: the units that
+    stay get their weights back."""
+    check_rates(weight_rate=weight_rate, **({"unit_rate": unit_rate} if unit_rate is not None else {}))
+    saved = None if zero_survivors else {k: _get_tensor(cg.module, k).detach().clone()
+                                         for k in {s.key for s in weight_slots(cg)}}
+    zeroed, total = zero_weights(cg, sal, weight_rate, layer_rates)
+    dead = sparse_units(cg, unit_rate, weight_rate, layer_rates, with_sparsity=target_params is not None)
+    if target_params is not None:
+        dead = _within_budget(cg, dead, target_params)
+    if saved is not None:
+        with torch.no_grad():
+            for k, w in saved.items():
+                _get_tensor(cg.module, k).copy_(w)
+    report = remove_units(cg, dead, fold=fold, shrink=shrink)
+    report.weights_zeroed, report.weights_total = zeroed, total
+    return report
+
+
+def sparse_units(cg: ChannelGraph, unit_rate: float | None, weight_rate: float | None = None,
+                 layer_rates: dict[str, float] | None = None, with_sparsity: bool = False) -> dict:
+    """Units more sparse than their threshold, per prunable group (Alg. 3, l. 6-8); each group
+    keeps at least one unit. The threshold is ``unit_rate``, or (``None``) the mean weight rate of
+    the layers the unit's sparsity counts."""
+    dead: dict[int, list[int]] = {}
+    for g in cg.groups:
+        if not g.prunable:
+            continue
+        sp = unit_sparsity(cg, g.id)
+        if unit_rate is None:
+            rates = [layer_rate(s.key, weight_rate, layer_rates) for s, _ in unit_weights(cg, g.id)]
+            threshold = float(np.mean(rates)) if rates else weight_rate
+        else:
+            threshold = unit_rate
+        units = [int(u) for u in np.nonzero(sp > threshold)[0]]
+        if len(units) >= g.width:  # keep the least sparse unit
+            units.remove(int(np.argmin(sp)))
+        if units:
+            dead[g.id] = [(u, float(sp[u])) for u in units] if with_sparsity else units
+    return dead
+
+
+def unit_params(cg: ChannelGraph, gid: int) -> float:
+    """Parameters one unit of a group holds across all its members (rows, columns, norms ...)."""
+    t = cg.an.t
+    g = cg.group(gid)
+    total = 0.0
+    for s in cg.an.slots.values():
+        ids = t.unit_ids(s.expr, g.space)
+        per_unit = int((ids >= 0).sum()) / max(1, g.width)
+        if per_unit == 0 or cg.traced.attr_kind.get(s.key, "param") != "param":
+            continue
+        w = _get_tensor(cg.module, s.key)
+        total += per_unit * (w.numel() / w.shape[s.dim])
+    return total
+
+
+def _within_budget(cg: ChannelGraph, candidates: dict, target: int) -> dict[int, list[int]]:
+    """Take candidate units sparsest first while the model is above ``target`` parameters."""
+    params = cg.param_count()
+    order = sorted(((sp, gid, u) for gid, items in candidates.items() for u, sp in items), reverse=True)
+    cost = {gid: unit_params(cg, gid) for gid in candidates}
+    chosen: dict[int, list[int]] = {}
+    for _sp, gid, u in order:
+        if params <= target:
+            break
+        chosen.setdefault(gid, []).append(u)
+        params -= cost[gid]
+    return {gid: sorted(us) for gid, us in chosen.items()}
+
+
+def prune_units(cg: ChannelGraph, sal: Saliency, rate: float, *, fold: bool = True) -> PruneReport:
+    """Remove the ``rate`` fraction of lowest-scoring units of every prunable group."""
+    check_rates(unit_rate=rate)
+    dead = {}
+    for g in cg.groups:
+        if not g.prunable or g.id not in sal.units:
+            continue
+        k = min(int(round(rate * g.width)), g.width - 1)
+        if k > 0:
+            dead[g.id] = sorted(int(u) for u in np.argsort(sal.units[g.id], kind="stable")[:k])
+    return remove_units(cg, dead, fold=fold)
+
+
+def remove_units(cg: ChannelGraph, dead: dict[int, list[int]], *, fold: bool = True, shrink: bool = True
+                 ) -> PruneReport:
+    """Zero the units' filters, fold their constant outputs into readers, zero them across their
+    groups (the masked model), then remove them (the shrunk model)."""
+    report = PruneReport(None, removed=dead)
+    for gid in dead:
+        notes = cg.group(gid).prune_notes
+        if notes:
+            report.inexact.append(f"group {gid}: {notes[0]}")
+    if not dead:
+        report.surgery = apply_selection(cg, {})
+        return report
+    zero_filters(cg, dead)
+    if fold:
+        _fold_constants(cg, dead, report)
+    mask_channels(cg, dead)
+    if shrink:
+        keep = {gid: [u for u in range(cg.group(gid).width) if u not in set(units)] for gid, units in dead.items()}
+        report.surgery = apply_selection(cg, keep)
+    return report
+
+
+@torch.no_grad()
+def zero_filters(cg: ChannelGraph, dead: dict[int, list[int]]) -> None:
+    """Alg. 3, l. 7: zero the removed units' filters (producer weights), biases and norms untouched."""
+    t = cg.an.t
+    gm = cg.module
+    for gid, units in dead.items():
+        g = cg.group(gid)
+        for s in weight_slots(cg):
+            if s.role != "produce":
+                continue
+            ids = t.unit_ids(s.expr, g.space)
+            pos = np.nonzero(np.isin(ids, units))[0]
+            if pos.size:
+                _get_tensor(gm, s.key).index_fill_(s.dim, torch.as_tensor(pos), 0.0)
+
+
+def _reader_inputs(cg: ChannelGraph) -> dict[str, torch.Tensor]:
+    """Inputs of every call_module reader on a random probe batch (eval mode)."""
+    gm = cg.module
+    seen: dict[str, torch.Tensor] = {}
+
+    class Rec(fx.Interpreter):
+        def call_module(self, target, args, kwargs):
+            if args and isinstance(args[0], torch.Tensor):
+                seen[target] = args[0]
+            return super().call_module(target, args, kwargs)
+
+    was = gm.training
+    gm.eval()
+    try:
+        Rec(gm).run(*random_inputs(cg, batch=2, seed=123) if cg.input_specs[0].shape[0] == 1
+                    else random_inputs(cg, seed=123))
+    finally:
+        gm.train(was)
+    return seen
+
+
+@torch.no_grad()
+def _fold_constants(cg: ChannelGraph, dead: dict[int, list[int]], report: PruneReport) -> None:
+    t = cg.an.t
+    gm = cg.module
+    inputs = _reader_inputs(cg)
+    for gid, units in dead.items():
+        g = cg.group(gid)
+        for s in list(weight_slots(cg)):
+            if s.role != "consume":
+                continue
+            mod_path, _, pname = s.key.rpartition(".")
+            ids = t.unit_ids(s.expr, g.space)
+            pos = np.nonzero(np.isin(ids, units))[0]
+            if pos.size == 0:
+                continue
+            mod = gm.get_submodule(mod_path) if mod_path else None
+            x = inputs.get(mod_path)
+            if not isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) or pname != "weight" or x is None:
+                report.not_folded.append(f"{s.key}: reader is not a Linear/Conv module")
+                continue
+            cdim = x.dim() - 1 if isinstance(mod, nn.Linear) else x.dim() - len(mod.kernel_size) - 1
+            vals = x.movedim(cdim, 0)[torch.as_tensor(pos)].reshape(len(pos), -1)
+            c = vals[:, 0]
+            if (vals.max(1).values - vals.min(1).values).abs().max() > 1e-6 * (1 + c.abs().max()):
+                report.not_folded.append(f"{s.key}: the removed channels are not constant there")
+                continue
+            if c.abs().max() == 0:
+                continue
+            if isinstance(mod, nn.Linear):
+                contrib = mod.weight[:, torch.as_tensor(pos)] @ c
+            else:
+                if mod.groups != 1 or any(p != 0 for p in _padding(mod)):
+                    report.not_folded.append(
+                        f"{mod_path}: a constant of up to {float(c.abs().max()):.3g} from removed channels cannot be "
+                        "folded exactly into a padded or grouped convolution")
+                    continue
+                contrib = (mod.weight[:, torch.as_tensor(pos)] * c.view(1, -1, *([1] * len(mod.kernel_size)))
+                           ).flatten(1).sum(1)
+            _ensure_bias(cg, mod_path, s)
+            mod.bias += contrib
+            report.folded.append(f"{mod_path}: folded {len(pos)} constant input(s) into the bias")
+
+
+def _padding(mod) -> tuple:
+    p = mod.padding
+    if isinstance(p, str):
+        return (0,) if p == "valid" else (1,)
+    return tuple(p) if isinstance(p, (tuple, list)) else (p,)
+
+
+def _ensure_bias(cg: ChannelGraph, mod_path: str, weight_slot: Slot) -> None:
+    """Give a reader a bias (zeros) so a constant can be folded, and register its slot."""
+    gm = cg.module
+    mod = gm.get_submodule(mod_path)
+    if mod.bias is not None:
+        return
+    out_dim = 0 if not getattr(mod, "transposed", False) else 1
+    mod.bias = nn.Parameter(torch.zeros(mod.weight.shape[out_dim], dtype=mod.weight.dtype, device=mod.weight.device))
+    wslot = cg.an.slots.get((f"{mod_path}.weight", out_dim))
+    key = f"{mod_path}.bias"
+    cg.traced.tensors[key] = mod.bias
+    cg.traced.attr_kind.setdefault(key, "param")
+    if wslot is not None:
+        cg.an.slots[(key, 0)] = Slot(key, 0, wslot.expr, "produce")
+    cg._members = None

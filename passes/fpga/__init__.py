@@ -1,0 +1,1 @@
+"""FPGA cost of an ONNX model (Ma et al.-style accelerator): reads ONNX, never the channel graph."""
