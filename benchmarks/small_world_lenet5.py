@@ -37,8 +37,8 @@ import cgap_graph as cg  # noqa: E402
 from cgap_graph import zoo  # noqa: E402
 from cgap_graph.run import data  # noqa: E402
 from cgap_graph.run.config import TrainConfig  # noqa: E402
+from cgap_graph.run.loop import train_run  # noqa: E402
 from cgap_graph.run.small_world import train_small_world  # noqa: E402
-from cgap_graph.run.train import train_run  # noqa: E402
 
 SHAPE = (1, 1, 28, 28)
 

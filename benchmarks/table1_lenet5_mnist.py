@@ -38,7 +38,7 @@ from cgap_graph import zoo  # noqa: E402
 from cgap_graph.passes.cgap.seed import seed as seed_pass  # noqa: E402
 from cgap_graph.run import data  # noqa: E402
 from cgap_graph.run.config import TrainConfig  # noqa: E402
-from cgap_graph.run.train import train_run  # noqa: E402
+from cgap_graph.run.loop import train_run  # noqa: E402
 
 STEPS = 2000  # fine steps (~0.3 channel each) so pruning-only lands just under the CGaP parameter count
 HAN_RATES = {"conv1": 0.34, "conv2": 0.88, "fc1": 0.92, "fc2": 0.81}  # Han et al. 2015, LeNet-5

@@ -7,13 +7,13 @@
 
 from cgap_graph import rules as _rules  # noqa: F401
 from cgap_graph import zoo
+from cgap_graph._version import __version__
 from cgap_graph.errors import CgapError, InputShapeError, ModelLoadError, SurgeryError, TraceError
 from cgap_graph.io import model_io
 from cgap_graph.io.model_io import load_model, save_model
 from cgap_graph.ir.graph import ChannelGraph, Group, Member, trace
 from cgap_graph.rules import all as _all_rules  # noqa: F401  (registers every op rule)
 
-__version__ = "0.1.0"
 
 __all__ = [
     "CgapError", "ChannelGraph", "Group", "InputShapeError", "Member", "ModelLoadError", "SurgeryError",

@@ -1,3 +1,3 @@
-from cgap_graph.cli import main
+from cgap_graph.cli import console_script
 
-main()
+console_script()

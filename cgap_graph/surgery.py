@@ -31,6 +31,7 @@ from cgap_graph.errors import CgapError, SurgeryError
 from cgap_graph.ir.analysis import ConstSlot, Slot
 from cgap_graph.ir.graph import ChannelGraph, layouts
 from cgap_graph.ir.values import SizeV, TInfo
+from cgap_graph.ir.tracer import trace_module
 
 
 @dataclass
@@ -335,7 +336,6 @@ def _refresh_shapes(cg: ChannelGraph) -> None:
 
 def _validate(cg: ChannelGraph) -> None:
     """Trace the resized module (shape rules only) and compare every shape with the graph's."""
-    from cgap_graph.ir.tracer import trace_module
     gm = cg.module
     traced = trace_module(gm, cg.input_specs)
     expected = [n.meta.get("shape") for n in cg.graph.nodes if n.op == "output"]

@@ -17,7 +17,7 @@ from cgap_graph.ir.graph import trace
 from cgap_graph.passes.cgap.seed import seed
 from cgap_graph.run import data
 from cgap_graph.run.config import TrainConfig
-from cgap_graph.run.train import CGaP
+from cgap_graph.run.hook import CGaP
 
 
 def main(epochs: int = 8) -> float:

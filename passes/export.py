@@ -29,9 +29,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from cgap_graph._version import __version__
 from cgap_graph.errors import CgapError
-from cgap_graph.io.atomic import atomic_write_bytes, check_not_input
+from cgap_graph.io.atomic import atomic_write_bytes
+from cgap_graph.io.outputs import check_output
 from cgap_graph.ir.graph import ChannelGraph, trace
+from cgap_graph.passes.cgap.seed import group_key
+from cgap_graph.passes.cgap.shrink import shrink as shrink_pass
 from cgap_graph.verify import random_inputs
 
 DEFAULT_OPSET = 18  # the exporter's native opset (torchlib); newer ones go through the version converter
@@ -65,11 +69,9 @@ def export_onnx(model: nn.Module | ChannelGraph, input_shape: tuple[int, ...] | 
                 inputs: list[str | Path] | tuple = ()) -> ExportReport:
     """Export ``model`` to ``path`` (see module docstring). The user's module is never modified:
     shrinking works on a copy. ``inputs`` are files the output must not overwrite."""
-    from cgap_graph.passes.cgap.seed import group_key
-    from cgap_graph.passes.cgap.shrink import shrink as shrink_pass
 
     out = Path(path)
-    check_not_input(out, *inputs)
+    check_output(out, inputs)
     if exporter not in ("auto", "dynamo", "legacy"):
         raise ExportError(f"exporter must be auto, dynamo or legacy, got '{exporter}'")
     if not 7 <= opset <= 23:
@@ -170,10 +172,9 @@ def _export(gm, example, names, out_names, opset, exporter, dynamic_batch, notes
 
 
 def _add_metadata(proto, widths: dict[str, int], meta: dict | None, exporter: str) -> None:
-    import cgap_graph
     proto.producer_name = "cgap-graph"
-    proto.producer_version = cgap_graph.__version__
-    entries = {"version": cgap_graph.__version__, "widths": json.dumps(widths), "exporter": exporter}
+    proto.producer_version = __version__
+    entries = {"version": __version__, "widths": json.dumps(widths), "exporter": exporter}
     if meta:
         entries["meta"] = json.dumps(meta, default=str)
     del proto.metadata_props[:]

@@ -16,8 +16,8 @@ import torch
 
 from cgap_graph.run import data as D
 from cgap_graph.run import distributed
+from cgap_graph.run.checkpoint import CHECKPOINT, DIST_REPORT, METRICS
 from cgap_graph.run.distributed import Dist, DistributedError, RanksDiverged, ShardedBatchSampler
-from cgap_graph.run.train import CHECKPOINT, DIST_REPORT, METRICS
 
 # LeNet-5 seed at 1/4 width on the built-in MNIST subset: grows at epochs 2 and 4, prunes at 4 and 5,
 # fine-tunes to epoch 10 (long enough that the accuracy has settled: float-level differences between

@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from cgap_graph import zoo
-from cgap_graph.cli.cost import cost
+from cgap_graph.cli.cost_cmd import cost
 from cgap_graph.errors import CgapError
 from cgap_graph.ir.graph import trace
 from cgap_graph.passes.cgap.prune import prune_units

@@ -19,9 +19,11 @@ from cgap_graph.cli.app import app
 from cgap_graph.errors import CgapError
 from cgap_graph.ir.graph import trace
 from cgap_graph.passes.cgap.seed import seed
+from cgap_graph.run.checkpoint import CHECKPOINT, METRICS
 from cgap_graph.run.config import TrainConfig, load_config
 from cgap_graph.run.data import DataError
-from cgap_graph.run.train import CHECKPOINT, METRICS, TrainingDiverged, train_run
+from cgap_graph.run.epochs import TrainingDiverged
+from cgap_graph.run.loop import train_run
 
 SHAPE = (1, 1, 28, 28)
 runner = CliRunner()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from torch import nn
 
@@ -67,7 +68,8 @@ def summary(cg: ChannelGraph, extra: dict[str, Any] | None = None) -> dict[str, 
     return out
 
 
-def _fmt(n: float) -> str:
+def fmt_count(n: float) -> str:
+    """1234567 -> '1.23M'."""
     for unit, div in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= div:
             return f"{n / div:.2f}{unit}"
@@ -78,13 +80,13 @@ def print_inspect(cg: ChannelGraph, title: str, console: Console, extra_lines: l
                   max_members: int = 6) -> None:
     s = summary(cg)
     resizable = sum(1 for g in cg.groups if g.resizable)
-    console.print(f"[bold]{title}[/bold]")
+    console.print(f"[bold]{escape(title)}[/bold]")
     shapes = ", ".join("x".join(map(str, i["shape"])) + ("" if i["dtype"] == "float32" else f" {i['dtype']}")
                        for i in s["inputs"])
-    console.print(f"input {shapes}   parameters {s['params']:,} ({_fmt(s['params'])})   FLOPs {_fmt(s['flops'])}"
+    console.print(f"input {shapes}   parameters {s['params']:,} ({fmt_count(s['params'])})   FLOPs {fmt_count(s['flops'])}"
                   f"   nodes {s['nodes']}   groups {len(cg.groups)} ({resizable} resizable)")
     for line in extra_lines:
-        console.print(line)
+        console.print(escape(line))
     table = Table(show_lines=False, header_style="bold")
     table.add_column("group", justify="right")
     table.add_column("width", justify="right")
@@ -92,13 +94,13 @@ def print_inspect(cg: ChannelGraph, title: str, console: Console, extra_lines: l
     table.add_column("status")
     for row in s["groups"]:
         mods = row["modules"]
-        shown = " ".join(mods[:max_members]) + (f" (+{len(mods) - max_members})" if len(mods) > max_members else "")
+        shown = escape(" ".join(mods[:max_members])) + (f" (+{len(mods) - max_members})" if len(mods) > max_members else "")
         if row["frozen"]:
-            status = f"[red]frozen[/red]: {row['frozen']}"
+            status = f"[red]frozen[/red]: {escape(row['frozen'])}"
         else:
             status = "[green]prunable, growable[/green]" if row["prunable"] else "[green]growable[/green] (width 1)"
             if row["notes"]:
-                status += f" [yellow]inexact[/yellow]: {row['notes'][0]}" + (
+                status += f" [yellow]inexact[/yellow]: {escape(row['notes'][0])}" + (
                     f" (+{len(row['notes']) - 1})" if len(row["notes"]) > 1 else "")
         table.add_row(str(row["id"]), str(row["width"]), shown, status)
     console.print(table)
@@ -106,10 +108,10 @@ def print_inspect(cg: ChannelGraph, title: str, console: Console, extra_lines: l
         n = len(s["unknown_ops"])
         console.print(f"[yellow]{n} op(s) without a channel rule froze the groups they touch:[/yellow]")
         for u in s["unknown_ops"][:20]:
-            console.print(f"  {u['op']} (node {u['node']}): {u['reason']}")
+            console.print(escape(f"  {u['op']} (node {u['node']}): {u['reason']}"))
     if s["opaque_modules"]:
         console.print("[yellow]modules traced as opaque leaves:[/yellow]")
         for name, why in s["opaque_modules"].items():
-            console.print(f"  {name}: {why}")
+            console.print(escape(f"  {name}: {why}"))
     for sp in s["specialised"][:10]:
-        console.print(f"[yellow]note[/yellow]: graph specialised at {sp['where']} ({sp['why']})")
+        console.print(f"[yellow]note[/yellow]: graph specialised at {escape(sp['where'])} ({escape(sp['why'])})")

@@ -15,7 +15,7 @@ Every failure is a :class:`ModelLoadError` with one line that says what to do.
 from __future__ import annotations
 
 import importlib
-import json
+import math
 import os
 import pickle
 import sys
@@ -30,7 +30,8 @@ from torch import nn
 from cgap_graph import zoo
 from cgap_graph.errors import ModelLoadError
 from cgap_graph.io import serialize
-from cgap_graph.io.atomic import atomic_write, check_not_input
+from cgap_graph.io.atomic import atomic_write
+from cgap_graph.io.outputs import check_output
 
 
 @dataclass
@@ -41,12 +42,18 @@ class LoadedModel:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+def importable_from_cwd() -> None:
+    """User code (``--arch mymodels:net``, the class of a trusted pickle, ``--data mydata:build``)
+    is imported from the current directory, as ``python -c`` would."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+
+
 def _import_factory(spec: str):
     if ":" not in spec:
         raise ModelLoadError(f"--arch '{spec}' must look like 'package.module:factory'")
     mod_name, _, attr = spec.partition(":")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    importable_from_cwd()
     try:
         mod = importlib.import_module(mod_name)
     except Exception as exc:
@@ -90,20 +97,24 @@ def _torch_load(path: Path, weights_only: bool) -> Any:
                              f"({type(exc).__name__}: {msg[:120]})") from None
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
 class _NeedsTrust(Exception):
     pass
 
 
 def load_model(model: str, *, arch: str | None = None, arch_kwargs: dict[str, Any] | None = None,
-               trust: bool = False, width: float = 1.0) -> LoadedModel:
-    """Load ``model`` (a zoo name or a file; see module docstring)."""
+               trust: bool = False, width: float = 1.0, shape_only: bool = False) -> LoadedModel:
+    """Load ``model`` (a zoo name or a file; see module docstring). ``shape_only``: a zoo model is
+    built on the meta device (no memory for weights), enough for tracing and counting."""
     path = Path(model)
     name = model[4:] if model.startswith("zoo:") else model
     if not path.exists():
         if name in zoo.ZOO:
-            if not width > 0:
-                raise ModelLoadError(f"--width must be > 0, got {width}")
-            return LoadedModel(zoo.build(name, width=width), "zoo", zoo.input_shape(name),
+            return LoadedModel(_build_zoo(name, width, shape_only), "zoo", zoo.input_shape(name),
                                {"zoo": name, "width": width})
         raise ModelLoadError(f"no file '{model}' and no zoo model of that name; zoo models: "
                              f"{', '.join(zoo.names())}")
@@ -136,8 +147,8 @@ def load_model(model: str, *, arch: str | None = None, arch_kwargs: dict[str, An
     if isinstance(obj, dict) and obj.get("format") == serialize.FORMAT:
         try:
             gm, meta = serialize.from_payload(obj)
-        except Exception as exc:
-            raise ModelLoadError(f"{model} is a damaged cgap-graph file: {exc}") from None
+        except Exception as exc:  # a forbidden name, or any damage: one line, nothing built
+            raise ModelLoadError(f"{model} is a damaged or unsafe cgap-graph file: {_first_line(exc)}") from None
         shape = tuple(meta["input_shape"]) if meta.get("input_shape") else None
         return LoadedModel(gm.eval(), "cgap", shape, meta)
     if isinstance(obj, nn.Module):
@@ -148,11 +159,34 @@ def load_model(model: str, *, arch: str | None = None, arch_kwargs: dict[str, An
     raise ModelLoadError(f"{model} holds a {type(obj).__name__}, not a model")
 
 
+# Weights a real build may take: beyond this, only shape-only work (inspect) is possible.
+MAX_REAL_PARAMS = 2_000_000_000
+
+
+def _build_zoo(name: str, width: float, shape_only: bool) -> nn.Module:
+    if not (isinstance(width, (int, float)) and math.isfinite(width) and width > 0):
+        raise ModelLoadError(f"--width must be a finite number > 0 (a width multiplier, e.g. 0.125), got {width}")
+    try:
+        with torch.device("meta"):
+            meta = zoo.build(name, width=width)
+    except (ValueError, RuntimeError, OverflowError) as exc:
+        raise ModelLoadError(f"cannot build {name} at --width {width}: {exc}") from None
+    if shape_only:
+        return meta
+    n = sum(p.numel() for p in meta.parameters())
+    if n > MAX_REAL_PARAMS:
+        raise ModelLoadError(f"{name} at --width {width:g} has {n / 1e9:.1f}G parameters ({4 * n / 2**30:.0f} GiB); "
+                             "this command needs real weights: use a smaller --width ('cgap-graph inspect' analyses "
+                             "it without weights)")
+    return zoo.build(name, width=width)
+
+
 def _load_trusted_pickle(path: Path, model: str, trust: bool) -> nn.Module:
     if not trust:
         raise ModelLoadError(
             f"{model} is a pickled model: loading it runs code from the file. If you trust it, add "
             "--trust (trust=True); otherwise save model.state_dict() and pass --arch module:factory")
+    importable_from_cwd()  # the pickle names its class: find it where the user keeps it
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
@@ -178,7 +212,7 @@ def save_model(module: nn.Module, path: str | os.PathLike, *, meta: dict[str, An
     """Save atomically. Graph modules go to the safe cgap-graph format when possible (returns
     "cgap"); otherwise the module is pickled (returns "pickle": loading it needs its class and
     ``--trust``)."""
-    check_not_input(path, *(inputs or []))
+    check_output(path, inputs or [])
     payload: Any
     kind = "cgap"
     if isinstance(module, fx.GraphModule):
@@ -192,4 +226,4 @@ def save_model(module: nn.Module, path: str | os.PathLike, *, meta: dict[str, An
     return kind
 
 
-__all__ = ["LoadedModel", "load_model", "save_model", "json"]
+__all__ = ["MAX_REAL_PARAMS", "LoadedModel", "importable_from_cwd", "load_model", "save_model"]

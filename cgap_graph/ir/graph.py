@@ -25,6 +25,8 @@ from cgap_graph.ir.expr import Expr
 from cgap_graph.ir.tracer import Traced, trace_module
 from cgap_graph.ir.values import TInfo
 from cgap_graph.rules.registry import TSpec
+from cgap_graph.io.atomic import atomic_write_bytes
+from cgap_graph.ir.flops import count_flops
 
 
 @dataclass
@@ -250,7 +252,6 @@ class ChannelGraph:
         return total
 
     def flops(self) -> int:
-        from cgap_graph.ir.flops import count_flops
         return count_flops(self)
 
     # ---- export -----------------------------------------------------------------------------------------
@@ -282,10 +283,12 @@ class ChannelGraph:
     def write_graphml(self, path: str) -> None:
         import io
 
-        from cgap_graph.io.atomic import atomic_write_bytes
         buf = io.BytesIO()
         nx.write_graphml(self.to_networkx(), buf)
         atomic_write_bytes(path, buf.getvalue())
+
+    def output_shapes(self) -> list:
+        return output_shapes(self.graph)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -301,6 +304,18 @@ class ChannelGraph:
         n = len(self.groups)
         r = sum(1 for g in self.groups if g.resizable)
         return f"ChannelGraph({len(self.graph.nodes)} nodes, {n} groups, {r} resizable)"
+
+
+def output_shapes(graph: fx.Graph) -> list:
+    """Shapes of the graph's outputs, in order (nested outputs flattened)."""
+    out = next(n for n in graph.nodes if n.op == "output")
+    return [n.meta.get("shape") for n in _flat_nodes(out.args[0])]
+
+
+def _flat_nodes(a: Any) -> list[fx.Node]:
+    found: list[fx.Node] = []
+    fx.node.map_arg(a, found.append)
+    return found
 
 
 def layouts(e: Any) -> tuple:

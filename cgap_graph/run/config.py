@@ -17,7 +17,7 @@ from typing import Any
 
 import tomllib
 
-from cgap_graph.errors import CgapError
+from cgap_graph.errors import BadValue, CgapError, check_number
 
 
 @dataclass
@@ -57,37 +57,20 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> TrainConfig:
-        def need(cond: bool, msg: str) -> None:
-            if not cond:
-                raise CgapError(msg)
-        need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
-        need(self.batch_size >= 1, f"batch-size must be >= 1, got {self.batch_size}")
-        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        need(0 < self.lr_decay_every <= 1, f"lr-decay-every must be in (0, 1], got {self.lr_decay_every}")
-        need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
-        need(self.weight_decay >= 0, f"weight-decay must be >= 0, got {self.weight_decay}")
-        need(self.optimizer in ("sgd", "adam"), f"optimizer must be sgd or adam, got '{self.optimizer}'")
-        need(self.beta > 0, f"beta must be > 0 (the growth ratio, e.g. 0.6), got {self.beta}")
-        need(0 <= self.f_growth <= 1, f"f-growth must be in [0, 1] (0: no growth), got {self.f_growth}")
-        need(self.init in ("paper", "preserve", "random"), f"init must be paper, preserve or random, got '{self.init}'")
-        need(self.sigma > 0, f"sigma must be > 0, got {self.sigma}")
-        need(self.mu >= 0, f"mu must be >= 0, got {self.mu}")
-        need(self.capacity > 0, f"capacity must be > 0 (a multiple of the reference widths), got {self.capacity}")
-        need(0 <= self.tau_accu < 1, f"tau-accu must be in [0, 1) (a training accuracy), got {self.tau_accu}")
-        need(0 <= self.f_pruning <= 1, f"f-pruning must be in [0, 1] (0: no pruning), got {self.f_pruning}")
-        need(0 < self.gamma_w < 1, f"gamma-w must be in (0, 1), got {self.gamma_w}")
-        need(self.gamma_f is None or 0 < self.gamma_f < 1, f"gamma-f must be in (0, 1), got {self.gamma_f}")
+        """Every setting in its range (finite numbers only), or :class:`BadValue` naming it."""
+        for name, lo, hi, lo_open, hi_open, meaning in _RANGES:
+            value = getattr(self, name)
+            if value is not None:
+                check_number(name, value, lo, hi, lo_open=lo_open, hi_open=hi_open, meaning=meaning)
+        for name, allowed in _CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise BadValue(name, f"must be {' or '.join(allowed)}, got '{getattr(self, name)}'")
         for name, r in self.gamma_w_layers.items():
-            need(isinstance(r, (int, float)) and 0 < r < 1, f"gamma-w for layer '{name}' must be in (0, 1), got {r}")
-        need(0 <= self.prune_start <= self.prune_end <= 1,
-             f"need 0 <= prune-start <= prune-end <= 1, got {self.prune_start} and {self.prune_end}")
-        need(self.prune_target is None or self.prune_target >= 1,
-             f"prune-target must be a positive number of parameters, got {self.prune_target}")
-        need(self.saliency in ("taylor", "magnitude", "random"),
-             f"saliency must be taylor, magnitude or random, got '{self.saliency}'")
-        need(isinstance(self.zero_survivors, bool),
-             f"zero-survivors must be true or false, got {self.zero_survivors!r}")
-        need(self.saliency_batches >= 1, f"saliency-batches must be >= 1, got {self.saliency_batches}")
+            check_number(f"gamma_w for layer '{name}'", r, 0.0, 1.0, lo_open=True, hi_open=True)
+        if not self.prune_start <= self.prune_end:
+            raise BadValue("prune_start", f"must be <= prune-end, got {self.prune_start} and {self.prune_end}")
+        if not isinstance(self.zero_survivors, bool):
+            raise BadValue("zero_survivors", f"must be true or false, got {self.zero_survivors!r}")
         return self
 
     @property
@@ -117,24 +100,74 @@ class TrainConfig:
         return asdict(self)
 
 
+# (setting, low, high, low open, high open, meaning) for check_number
+_RANGES = (
+    ("epochs", 1, 1_000_000, False, False, ""), ("batch_size", 1, 1 << 20, False, False, ""),
+    ("lr", 0.0, 1e3, True, False, "the learning rate"), ("lr_decay_every", 0.0, 1.0, True, False, "a fraction"),
+    ("momentum", 0.0, 1.0, False, True, ""), ("weight_decay", 0.0, 1.0, False, False, ""),
+    ("beta", 0.0, 10.0, True, False, "the growth ratio, e.g. 0.6"),
+    ("f_growth", 0.0, 1.0, False, False, "0: no growth"),
+    ("sigma", 0.0, None, True, False, ""), ("mu", 0.0, None, False, False, ""),
+    ("capacity", 0.0, 100.0, True, False, "a multiple of the reference widths"),
+    ("tau_accu", 0.0, 1.0, False, True, "a training accuracy"), ("f_pruning", 0.0, 1.0, False, False, "0: no pruning"),
+    ("gamma_w", 0.0, 1.0, True, True, ""), ("gamma_f", 0.0, 1.0, True, True, ""),
+    ("prune_start", 0.0, 1.0, False, False, "a fraction of the epochs"),
+    ("prune_end", 0.0, 1.0, False, False, "a fraction of the epochs"),
+    ("prune_target", 1, None, False, False, "a number of parameters"),
+    ("saliency_batches", 1, 1_000_000, False, False, ""), ("eval_batch_size", 1, 1 << 20, False, False, ""),
+    ("train_limit", 1, None, False, False, "a number of images"),
+    ("test_limit", 1, None, False, False, "a number of images"),
+    ("seed", 0, 2**63 - 1, False, False, ""),
+)
+_CHOICES = {"optimizer": ("sgd", "adam"), "init": ("paper", "preserve", "random"),
+            "saliency": ("taylor", "magnitude", "random")}
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The settings of a TOML file (top level or a [train] table), names and types checked."""
+    p = Path(path)
+    if not p.is_file():
+        raise CgapError(f"config file {p} does not exist" if not p.exists() else f"config {p} is not a file")
+    try:
+        data = tomllib.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise CgapError(f"config file {p} is not valid TOML: {str(exc).splitlines()[0]}") from None
+    data = data.get("train", data)
+    if not isinstance(data, dict):
+        raise CgapError(f"config file {p}: [train] must be a table of settings")
+    types = {f.name: f.type for f in fields(TrainConfig) if f.name != "extra"}
+    values: dict[str, Any] = {}
+    for k, v in data.items():
+        key = k.replace("-", "_")
+        if key not in types:
+            raise CgapError(f"config file {p}: unknown setting '{k}' (known: {', '.join(sorted(types))})")
+        values[key] = _typed(p, k, types[key], v)
+    return values
+
+
+_KINDS = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def _typed(path: Path, key: str, typ: str, value: Any) -> Any:
+    """A TOML value checked against the field's type (``epochs = "ten"`` is one clear line)."""
+    if typ.startswith("dict"):
+        if not isinstance(value, dict):
+            raise CgapError(f"config file {path}: '{key}' must be a table of MODULE = RATE, got {value!r}")
+        return {str(name): _typed(path, f"{key}.{name}", "float", r) for name, r in value.items()}
+    base, optional = typ.replace(" | None", ""), typ.endswith("| None")
+    kinds = _KINDS.get(base, (object,))
+    ok = isinstance(value, kinds) and not (base in ("int", "float") and isinstance(value, bool))
+    if not ok:
+        want = {"int": "a whole number", "float": "a number", "bool": "true or false",
+                "str": "a string"}.get(base, base)
+        raise CgapError(f"config file {path}: '{key}' must be {want}{' (or left out)' if optional else ''}, "
+                        f"got {value!r}")
+    return float(value) if base == "float" else value
+
+
 def load_config(path: str | Path | None, overrides: dict[str, Any]) -> TrainConfig:
     """Defaults, then the TOML file (top level or a [train] table), then command-line values."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise CgapError(f"config file {p} does not exist")
-        try:
-            data = tomllib.loads(p.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise CgapError(f"config file {p} is not valid TOML: {exc}") from None
-        data = data.get("train", data)
-        known = {f.name for f in fields(TrainConfig)}
-        for k, v in data.items():
-            key = k.replace("-", "_")
-            if key not in known:
-                raise CgapError(f"config file {p}: unknown setting '{k}' (known: {', '.join(sorted(known))})")
-            values[key] = v
+    values = read_config(path) if path is not None else {}
     values.update({k: v for k, v in overrides.items() if v is not None})
     try:
         cfg = TrainConfig(**values)

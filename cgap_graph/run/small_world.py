@@ -33,11 +33,30 @@ from torch import nn
 
 from cgap_graph.errors import CgapError
 from cgap_graph.io.atomic import atomic_write_text
+from cgap_graph.io.model_io import load_model, save_model
+from cgap_graph.io.outputs import check_run_dir
+from cgap_graph.ir.graph import trace
+from cgap_graph.passes.small_world import (
+    TOPOLOGIES,
+    MaskKeeper,
+    apply_masks,
+    build_masks,
+    load_masks,
+    rescale_init,
+    save_masks,
+)
+from cgap_graph.passes.small_world.budget import check_density
+from cgap_graph.passes.small_world.optimise import kept_params, optimise
+from cgap_graph.passes.small_world.topology import check_probability
+from cgap_graph.run import data as D
+from cgap_graph.run.checkpoint import CHECKPOINT
 from cgap_graph.run.config import TrainConfig
-from cgap_graph.run.train import CHECKPOINT, RunResult, evaluate, train_run
+from cgap_graph.run.epochs import evaluate
+from cgap_graph.run.loop import RunResult, train_run
 
 SETTINGS = "settings.json"
 MASKS = "masks.pt"
+_FILES = (MASKS, SETTINGS, "topology.json", "summary.json", "model.pt", "train/model.pt", "finetune/model.pt")
 
 
 @dataclass
@@ -59,9 +78,6 @@ class SmallWorldResult(RunResult):
 def _settings(density, p, exclude, topology, prune_rate, saliency, finetune_epochs, finetune_lr, seed, allocation,
               rescale, config: TrainConfig, input_shape, dataset, model) -> dict[str, Any]:
     """Every option checked (one-line errors, before anything is written), as saved for resuming."""
-    from cgap_graph.passes.small_world import TOPOLOGIES
-    from cgap_graph.passes.small_world.budget import check_density
-    from cgap_graph.passes.small_world.topology import check_probability
     if model is None:
         raise CgapError("no model: pass the model to prune (model=None is only for resume=True)")
     if density is None:
@@ -102,16 +118,16 @@ class _Run:
     progress: bool
     stop_after: int | None
     meta: dict[str, Any]
+    overwrite: bool = False
 
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(self.settings["input_shape"])
 
     def train(self, model, run_dir: Path, cfg: TrainConfig, masks, resume: bool) -> RunResult:
-        from cgap_graph.passes.small_world import MaskKeeper
         return train_run(model, self.shape, self.dataset, run_dir, cfg, data_dir=self.data_dir, resume=resume,
                          console=self.console, progress=self.progress, stop_after=self.stop_after, meta=self.meta,
-                         after_step=MaskKeeper(masks))
+                         after_step=MaskKeeper(masks), overwrite=self.overwrite and not resume)
 
 
 def train_small_world(model: nn.Module | None, input_shape: Sequence[int], dataset: str, out_dir: str | Path,
@@ -120,14 +136,16 @@ def train_small_world(model: nn.Module | None, input_shape: Sequence[int], datas
                       saliency: str = "taylor", finetune_epochs: int | None = None, finetune_lr: float | None = None,
                       seed: int | None = None, allocation: str = "balanced", rescale_init: bool = True,
                       data_dir: str | None = None, resume: bool = False, progress: bool = True, console=None,
-                      stop_after: int | None = None, meta: dict[str, Any] | None = None) -> SmallWorldResult:
+                      stop_after: int | None = None, meta: dict[str, Any] | None = None, overwrite: bool = False,
+                      inputs: Sequence[str | Path] = ()) -> SmallWorldResult:
     """Small-World pruning of ``model`` (see module docstring). ``config`` is the training schedule
     (growth and pruning are turned off: ``f_growth = f_pruning = 0``); ``finetune_epochs`` defaults
     to a third of ``config.epochs``, ``finetune_lr`` to ``config.lr / 10``. ``rescale_init`` scales
     the kept weights of a freshly initialised model to its sparse fan-in (``passes.small_world.
     rescale_init``); turn it off for a trained model. ``stop_after`` ends the call after that many
     epochs of the current stage (to test resuming). With ``resume=True``, ``model`` and ``density``
-    may be None: the run continues with what it saved."""
+    may be None: the run continues with what it saved. A folder that holds a run is refused
+    without ``resume`` or ``overwrite``, and no file the run writes may be one of ``inputs``."""
     out = Path(out_dir)
     if console is None:
         from rich.console import Console
@@ -138,10 +156,11 @@ def train_small_world(model: nn.Module | None, input_shape: Sequence[int], datas
     else:
         settings = _settings(density, p, exclude, topology, prune_rate, saliency, finetune_epochs, finetune_lr,
                              seed, allocation, rescale_init, cfg, input_shape, dataset, model)
+        check_run_dir(out, _FILES, inputs, resume=False, overwrite=overwrite)
         masks, model = _start(out, model, settings, data_dir, console if progress else None)
     meta = {**(meta or {}), "small_world": {k: settings[k] for k in ("density", "p_chosen", "topology", "exclude")}}
     run = _Run(out, settings, TrainConfig(**settings["config"]).validate(), settings["dataset"], data_dir, console,
-               progress, stop_after, meta)
+               progress, stop_after, meta, overwrite)
     first = _train_stage(run, model, masks, resume)
     if first.epochs < run.cfg.epochs:
         return _result(out, settings, first, None, {}, stage="train")
@@ -153,8 +172,6 @@ def train_small_world(model: nn.Module | None, input_shape: Sequence[int], datas
 
 def _start(out: Path, model: nn.Module, settings: dict[str, Any], data_dir, console) -> tuple[dict, nn.Module]:
     """Step 1: check the data, build and save the masks and settings; a masked copy of the model."""
-    from cgap_graph.passes.small_world import apply_masks, build_masks, rescale_init, save_masks
-    from cgap_graph.run import data as D
     dataset, shape = settings["dataset"], tuple(settings["input_shape"])
     D.check_fits(dataset, shape)
     D.load_arrays(dataset, "test", data_dir)  # a missing dataset fails now, before anything is written
@@ -174,7 +191,6 @@ def _start(out: Path, model: nn.Module, settings: dict[str, Any], data_dir, cons
 
 def _reopen(out: Path, model: nn.Module | None) -> tuple[dict, dict, nn.Module | None]:
     """Resume: the saved settings and masks; a masked copy of ``model`` if one is given."""
-    from cgap_graph.passes.small_world import apply_masks, load_masks, rescale_init
     settings = _load_settings(out)
     masks = load_masks(out / MASKS)
     if model is not None:
@@ -196,7 +212,6 @@ def _train_stage(run: _Run, model: nn.Module | None, masks, resume: bool) -> Run
 
 def _optimise_stage(run: _Run, masks, resume: bool) -> tuple[RunResult, dict[str, Any]]:
     """Step 3: optimise the trained model, then fine-tune it with the new masks, into OUT/finetune."""
-    from cgap_graph.passes.small_world import load_masks, save_masks
     ft_dir = run.out / "finetune"
     ft_epochs = run.settings["finetune_epochs"]
     ft_cfg = replace(run.cfg, epochs=max(1, ft_epochs), lr=run.settings["finetune_lr"])
@@ -220,10 +235,6 @@ def _optimise_stage(run: _Run, masks, resume: bool) -> tuple[RunResult, dict[str
 
 
 def _optimise(train_dir: Path, shape, dataset, masks, settings, cfg: TrainConfig, data_dir):
-    from cgap_graph.io.model_io import load_model
-    from cgap_graph.ir.graph import trace
-    from cgap_graph.passes.small_world.optimise import optimise
-    from cgap_graph.run import data as D
     trained = load_model(str(train_dir / "model.pt")).model
     cg = trace(trained, shape)
     loader = D.loader(dataset, "train", cfg.batch_size, data_dir=data_dir, limit=cfg.train_limit,
@@ -235,8 +246,6 @@ def _optimise(train_dir: Path, shape, dataset, masks, settings, cfg: TrainConfig
 
 def _evaluate_only(cg, shape, dataset, ft_dir: Path, cfg: TrainConfig, data_dir, meta) -> RunResult:
     """No fine-tuning: the optimised model as it is, evaluated and saved like a finished run."""
-    from cgap_graph.io.model_io import save_model
-    from cgap_graph.run import data as D
     test = D.loader(dataset, "test", cfg.eval_batch_size, data_dir=data_dir, limit=cfg.test_limit, shuffle=False)
     acc = evaluate(cg.module, test, torch.device("cpu")).accuracy
     save_model(cg.module, ft_dir / "model.pt", meta={**meta, "input_shape": list(shape)})
@@ -288,8 +297,6 @@ def _result(out: Path, settings, first: RunResult, second: RunResult | None, rep
 
 def _finish(out: Path, settings, first: RunResult, second: RunResult, report, meta) -> SmallWorldResult:
     """The final shrunk model to ``OUT/model.pt`` and the run's numbers to ``OUT/summary.json``."""
-    from cgap_graph.io.model_io import load_model, save_model
-    from cgap_graph.passes.small_world.optimise import kept_params
     final = load_model(str(second.out_dir / "model.pt")).model
     kept = kept_params(final)
     res = _result(out, settings, first, second, report, "done", kept)

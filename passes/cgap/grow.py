@@ -1,7 +1,8 @@
 """Growth pass (Algorithm 2): duplicate the most important units of every growable group.
 
 In each group the ``round(beta * width)`` units with the highest saliency (a local ranking within
-the group) are duplicated; the copies are appended after the existing channels, so existing
+the group) are duplicated (with ``beta > 1`` every unit gets at least one copy and the most salient
+ones several); the copies are appended after the existing channels, so existing
 channel indices never move. All groups grow in one surgery step, which is the same as growing
 layer by layer from input to output because each group's copies are initialised from the
 weights before growth. A residual stream grows all its producers and readers together.
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cgap_graph.errors import CgapError
+from cgap_graph.errors import CgapError, check_number
 from cgap_graph.ir.graph import ChannelGraph
 from cgap_graph.passes.cgap.saliency import Saliency
 from cgap_graph.surgery import INITIALIZERS, SlotChange, SurgeryContext, SurgeryReport, apply_selection
@@ -43,19 +44,20 @@ class GrowthReport:
     skipped: dict[int, str] = field(default_factory=dict)
 
 
+MAX_BETA = 10.0  # beyond this a step multiplies widths by more than 11: a typo, not a growth ratio
+
+
 def check_rates(**rates: float) -> None:
     for name, v in rates.items():
-        if not 0.0 < v < 1.0:
-            raise CgapError(f"{name} must be in (0, 1), got {v}")
+        check_number(name, v, 0.0, 1.0, lo_open=True, hi_open=True, meaning="a fraction")
 
 
-def _check_growth(beta: float, sigma: float, mu: float) -> None:
-    if not beta > 0:
-        raise CgapError(f"--beta must be > 0 (the growth ratio, e.g. 0.6), got {beta}")
-    if not sigma > 0:
-        raise CgapError(f"--sigma must be > 0 (the scaling factor, paper: 0.5), got {sigma}")
-    if not mu >= 0:
-        raise CgapError(f"--mu must be >= 0 (the noise range, paper: 0.1), got {mu}")
+def check_growth(beta: float, sigma: float, mu: float) -> None:
+    """Growth settings in range: beta > 1 is allowed and gives units several copies."""
+    check_number("beta", beta, 0.0, MAX_BETA, lo_open=True,
+                 meaning="the growth ratio: round(beta x width) new units per group; above 1 a unit gets several copies")
+    check_number("sigma", sigma, 0.0, lo_open=True, meaning="the scaling factor of Eq. 5-10, paper: 0.5")
+    check_number("mu", mu, 0.0, meaning="the noise range U(-mu, mu), paper: 0.1")
 
 
 def paper_init(sigma: float = 0.5, mu: float = 0.1):
@@ -148,7 +150,8 @@ def plan(cg: ChannelGraph, sal: Saliency, beta: float, capacity: Mapping[int, in
             skipped[g.id] = "no saliency"
             continue
         order = np.argsort(-scores, kind="stable")
-        picked[g.id] = sorted(int(u) for u in order[:n_new])
+        # beta > 1: more new units than units, so the ranking repeats (the best get the extra copies)
+        picked[g.id] = sorted(int(u) for u in np.resize(order, n_new))
     return picked, skipped
 
 
@@ -160,7 +163,7 @@ def grow(cg: ChannelGraph, sal: Saliency, beta: float = 0.6, *, init: str = "pap
     With ``init="preserve"`` the outputs must not change, so groups whose duplication cannot be
     exact (channels normalised together by a LayerNorm ...) are skipped and reported, unless
     ``inexact="grow"``."""
-    _check_growth(beta, sigma, mu)
+    check_growth(beta, sigma, mu)
     if inexact not in (None, "skip", "grow"):
         raise CgapError(f"inexact must be 'skip' or 'grow', got '{inexact}'")
     exact_only = (inexact or ("skip" if init == "preserve" else "grow")) == "skip"

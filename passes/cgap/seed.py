@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cgap_graph.errors import CgapError
+from cgap_graph.errors import CgapError, check_number
 from cgap_graph.ir.graph import ChannelGraph, Group
 from cgap_graph.surgery import SurgeryReport, apply_selection, unit_norms
 
@@ -45,8 +45,8 @@ class SeedReport:
 
 def seed(cg: ChannelGraph, width: float, *, select: str = "magnitude", reinit: bool = False,
          generator_seed: int = 0) -> SeedReport:
-    if not 0 < width <= 1:
-        raise CgapError(f"--width must be in (0, 1], got {width} (the paper's seeds use 0.125)")
+    check_number("width", width, 0.0, 1.0, lo_open=True, meaning="a fraction of the reference widths; the "
+                 "paper's seeds use 0.125")
     if select not in ("magnitude", "first"):
         raise CgapError(f"select must be 'magnitude' or 'first', got '{select}'")
     reference = {group_key(g): g.width for g in cg.groups if g.resizable}

@@ -21,6 +21,7 @@ from torch import nn
 from cgap_graph.ir.graph import ChannelGraph
 from cgap_graph.passes.cgap.prune import remove_units
 from cgap_graph.passes.cgap.saliency import weight_slots
+from cgap_graph.passes.cgap.seed import group_key
 from cgap_graph.surgery import SurgeryReport, _get_tensor, unit_norms
 
 
@@ -118,7 +119,6 @@ def remove_dead_units(cg: ChannelGraph, masks: Mapping[str, torch.Tensor], *, ma
                       ) -> tuple[dict[str, torch.Tensor], DeadReport]:
     """Remove dead units in place on ``cg.module`` until none is left; returns the masks of the
     smaller model. The masks must already be applied (dropped weights zero)."""
-    from cgap_graph.passes.cgap.seed import group_key
     report = DeadReport()
     masks = dict(masks)
     names = {g.id: group_key(g).removesuffix(".weight[0]") for g in cg.groups}

@@ -27,6 +27,7 @@ from torch import nn
 from cgap_graph.errors import CgapError
 from cgap_graph.ir.graph import ChannelGraph
 from cgap_graph.passes.cgap.saliency import weight_scores
+from cgap_graph.passes.cgap.seed import group_key
 from cgap_graph.passes.small_world import apply_masks, mask_weights
 from cgap_graph.passes.small_world.dead import DeadReport, remove_dead_units
 from cgap_graph.passes.small_world.layers import MASKABLE
@@ -112,7 +113,6 @@ def optimise(cg: ChannelGraph, masks: Mapping[str, torch.Tensor], *, rate: float
              data: Iterable | None = None, saliency: str = "taylor", batches: int = 10
              ) -> tuple[dict[str, torch.Tensor], OptimiseReport]:
     """Steps 1-3 of the module docstring, in place on ``cg.module``; returns the new masks."""
-    from cgap_graph.passes.cgap.seed import group_key
     if saliency not in ("taylor", "magnitude"):
         raise CgapError(f"saliency must be taylor or magnitude, got '{saliency}'")
     if saliency == "taylor" and data is None:

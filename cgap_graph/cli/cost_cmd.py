@@ -1,8 +1,4 @@
-"""The ``cgap-graph cost`` command: FPGA cost of ONNX models (see passes/fpga_cost.py).
-
-Registered in cli.py with ``app.command("cost")(cli_cost.cost)``; cli.py's helpers are imported
-when the command runs, so the two modules can import each other in either order.
-"""
+"""``cgap-graph cost``: FPGA cost of ONNX models (see ``passes/fpga/cost.py``)."""
 
 from __future__ import annotations
 
@@ -11,9 +7,15 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from cgap_graph.cli.common import console, run_command
 from cgap_graph.errors import CgapError
+from cgap_graph.io.atomic import atomic_write_text
+from cgap_graph.io.outputs import check_output
+from cgap_graph.passes.fpga.config import load_hw_config
+from cgap_graph.passes.fpga.cost import cost_onnx, plot_compare, reports_to_csv
 
 
 def cost(
@@ -44,9 +46,7 @@ def cost(
         cgap-graph cost small_world.onnx --sparsity kernel
         cgap-graph cost model.onnx --config fpga.toml     # e.g. pof = 32, freq_mhz = 200
     """
-    from cgap_graph.cli.app import _run, console
-
-    _run(lambda: _cost_body(model, config, as_json, csv, plot, "unstructured" if sparse else sparsity, console))
+    run_command(lambda: _cost_body(model, config, as_json, csv, plot, "unstructured" if sparse else sparsity, console))
 
 
 def _labels(paths: list[Path]) -> list[str]:
@@ -57,14 +57,14 @@ def _labels(paths: list[Path]) -> list[str]:
 
 def _cost_body(models: list[Path], config: Path | None, as_json: bool, csv: Path | None, plot: Path | None,
                mode: str, console: Console) -> None:
-    from cgap_graph.io.atomic import atomic_write_text, check_not_input
-    from cgap_graph.passes.fpga.config import load_hw_config
-    from cgap_graph.passes.fpga.cost import cost_onnx, plot_compare, reports_to_csv
     if not models:
         raise CgapError("give at least one .onnx file, e.g. cgap-graph cost model.onnx")
-    for out in (csv, plot):
+    for path in models:
+        if path.is_dir():
+            raise CgapError(f"{path} is a directory; give .onnx files (e.g. {path}/*.onnx)")
+    for out, flag in ((csv, "--csv"), (plot, "--plot")):
         if out is not None:
-            check_not_input(out, *models, config)
+            check_output(out, [*models, config], flag=flag)
     cfg = load_hw_config(config)
     reports = {label: cost_onnx(path, cfg, sparsity_mode=mode, name=label)
                for label, path in zip(_labels(models), models)}
@@ -83,7 +83,7 @@ def _cost_body(models: list[Path], config: Path | None, as_json: bool, csv: Path
         _print_comparison(reports, console)
     for path, what in ((csv, "per-layer CSV"), (plot, "comparison chart")):
         if path is not None:
-            console.print(f"wrote {what} to {path}")
+            console.print(f"wrote {what} to {path}", markup=False)
 
 
 _METRICS = [("latency_ms", "latency ms"), ("dram_energy_pj", "DRAM energy uJ"),
@@ -127,7 +127,7 @@ def _print_report(report, console: Console) -> None:
             sched += " [red](too big)[/red]"
         if c.weight_format != "dense":
             sched += f" [cyan]{c.weight_format}[/cyan]"
-        table.add_row(_short(c.name, c.op), op, c.shape, sched, f"{c.compute_cycles:,}", f"{c.latency_s * 1e6:,.1f}",
+        table.add_row(escape(_short(c.name, c.op)), escape(op), c.shape, sched, f"{c.compute_cycles:,}", f"{c.latency_s * 1e6:,.1f}",
                       f"{c.dram_bytes / 1024:,.1f}", f"{c.buffer_accesses:,}", f"{c.buffer_energy_pj * 1e-6:,.2f}",
                       f"{c.dram_energy_pj * 1e-6:,.2f}")
     t = report.totals()
@@ -137,7 +137,7 @@ def _print_report(report, console: Console) -> None:
                   f"[bold]{t['dram_energy_pj'] * 1e-6:,.2f}[/bold]")
     console.print(table)
     for s in report.skipped:
-        console.print(f"[yellow]skipped[/yellow] {s}")
+        console.print(f"[yellow]skipped[/yellow] {escape(str(s))}")
 
 
 def _print_comparison(reports: dict, console: Console) -> None:
@@ -153,5 +153,5 @@ def _print_comparison(reports: dict, console: Console) -> None:
             if pct is not None and abs(pct) >= 0.05:
                 value += f" ({pct:+.1f}%)"
             cells.append(value)
-        table.add_row(row["model"], *cells)
+        table.add_row(escape(row["model"]), *cells)
     console.print(table)

@@ -1,0 +1,243 @@
+"""``cgap-graph grow``, ``prune`` and ``seed``: one structural step on a model file, written to -o."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from cgap_graph.cli.common import (
+    ARCH,
+    ARCH_KWARGS,
+    DEVICE,
+    INPUT_SHAPE,
+    MODEL_ARG,
+    TRUST,
+    WIDTH,
+    ModelRequest,
+    choice,
+    console,
+    parse_device,
+    run_command,
+)
+from cgap_graph.cli.report import fmt_count
+from cgap_graph.errors import CgapError, check_number
+from cgap_graph.io.model_io import save_model
+from cgap_graph.io.outputs import check_output
+from cgap_graph.ir.graph import ChannelGraph
+from cgap_graph.passes.cgap.grow import check_growth, check_rates
+from cgap_graph.passes.cgap.grow import grow as grow_pass
+from cgap_graph.passes.cgap.prune import prune as prune_pass
+from cgap_graph.passes.cgap.prune import prune_units
+from cgap_graph.passes.cgap.saliency import Saliency, saliency
+from cgap_graph.passes.cgap.seed import capacity_by_id, group_key
+from cgap_graph.passes.cgap.seed import seed as seed_pass
+from cgap_graph.run.data import check_fits, check_output_fits, loader
+
+OUTPUT = typer.Option(..., "-o", "--output", metavar="FILE", help="Where to write the result (never over MODEL).")
+DATA = typer.Option(None, "--data", metavar="DATASET", help="Dataset for Taylor saliency: mnist, fashion-mnist, "
+                    "cifar10 or mnist-mini (read from --data-dir or $CGAP_DATA_DIR).")
+DATA_DIR = typer.Option(None, "--data-dir", metavar="DIR", help="Folder holding the datasets.")
+SELECT = typer.Option(None, "--select", metavar="HOW", help="taylor (default with --data), magnitude or random.")
+BATCHES = typer.Option(10, "--batches", metavar="N", help="Batches of data for the saliency.")
+BATCH_SIZE = typer.Option(64, "--batch-size", metavar="N", help="Images per saliency batch.")
+SEED = typer.Option(0, "--seed", metavar="N", help="Random seed (noise, random selection).")
+
+
+def saliency_for(cg: ChannelGraph, data: str | None, data_dir: str | None, select: str | None, batches: int,
+                 batch_size: int, seed: int) -> tuple[Saliency, str]:
+    """Scores for a structural step: Taylor on real batches with --data, else magnitude or random."""
+    select = select or ("taylor" if data else None)
+    if select is None:
+        raise CgapError("give --data DATASET (Taylor saliency on real batches) or --select magnitude|random")
+    choice(select, "--select", ("taylor", "magnitude", "random"))
+    if select != "taylor":
+        return saliency(cg, mode=select, generator=torch.Generator().manual_seed(seed)), select
+    if not data:
+        raise CgapError("--select taylor needs --data DATASET (mnist, fashion-mnist, cifar10, mnist-mini)")
+    check_number("batches", batches, 1, meaning="batches of data for the saliency")
+    check_number("batch_size", batch_size, 1, 65536, meaning="images per saliency batch")
+    check_fits(data, cg.input_specs[0].shape)
+    check_output_fits(data, cg.output_shapes())
+    return saliency(cg, loader(data, "train", batch_size, data_dir=data_dir, seed=seed), batches=batches), select
+
+
+def print_change(cg: ChannelGraph, title: str, widths_before: dict[int, int], params_before: int, flops_before: int,
+                 notes: list[str] = ()) -> None:
+    console.print(f"[bold]{escape(title)}[/bold]")
+    table = Table(header_style="bold")
+    for col in ("group", "first producer", "width", "status"):
+        table.add_column(col, justify="right" if col in ("group", "width") else "left")
+    for g in cg.groups:
+        before = widths_before.get(g.id, g.width)
+        width = f"{before}" if before == g.width else f"{before} -> [bold]{g.width}[/bold]"
+        status = "frozen: " + g.frozen if g.frozen else ("changed" if before != g.width else "")
+        table.add_row(str(g.id), escape(group_key(g)), width, escape(status))
+    console.print(table)
+    params, flops = cg.param_count(), cg.flops()
+    console.print(f"parameters {params_before:,} -> {params:,} ({fmt_count(params)})   FLOPs {fmt_count(flops_before)} "
+                  f"-> {fmt_count(flops)}")
+    for n in notes:
+        console.print(f"[yellow]note[/yellow]: {escape(n)}")
+
+
+def save_result(cg: ChannelGraph, loaded, req: ModelRequest, output: Path, step: dict,
+                capacity: dict | None = None) -> None:
+    meta = dict(loaded.meta)
+    meta["input_shape"] = list(cg.input_specs[0].shape)
+    meta["widths"] = {str(g.id): g.width for g in cg.groups}
+    meta["history"] = list(meta.get("history", [])) + [step]
+    if capacity is not None:
+        meta["capacity"] = capacity
+    cg.module.cpu()
+    kind = save_model(cg.module, output, meta=meta, inputs=req.inputs)
+    console.print(f"wrote {escape(str(output))}" + (" (pickled: custom modules; load it with --trust)"
+                                                     if kind == "pickle" else ""))
+
+
+def _state(cg: ChannelGraph) -> tuple[dict[int, int], int, int]:
+    return {g.id: g.width for g in cg.groups}, cg.param_count(), cg.flops()
+
+
+def grow(
+    model: str = MODEL_ARG,
+    output: Path = OUTPUT,
+    beta: float = typer.Option(0.6, "--beta", metavar="BETA", help="Growth ratio: each group gains round(BETA x "
+                               "width) units, copies of its most salient ones (above 1: several copies each; at "
+                               "most 10)."),
+    init: str = typer.Option("paper", "--init", metavar="INIT", help="paper (Eq. 5-10), preserve (outputs "
+                             "unchanged) or random."),
+    sigma: float = typer.Option(0.5, "--sigma", metavar="S", help="Scaling factor of the paper initialiser."),
+    mu: float = typer.Option(0.1, "--mu", metavar="MU", help="Noise range U(-MU, MU) of the paper initialiser."),
+    data: str | None = DATA,
+    data_dir: str | None = DATA_DIR,
+    select: str | None = SELECT,
+    batches: int = BATCHES,
+    batch_size: int = BATCH_SIZE,
+    capacity_mode: str = typer.Option("stop", "--capacity-mode", metavar="MODE", help="At the capacity limit "
+                                      "(stored by 'seed'): stop (paper) or clip."),
+    no_capacity: bool = typer.Option(False, "--no-capacity", help="Ignore a capacity limit stored in MODEL."),
+    seed: int = SEED,
+    device: str = DEVICE,
+    input_shape: list[str] | None = INPUT_SHAPE,
+    arch: str | None = ARCH,
+    arch_kwargs: str | None = ARCH_KWARGS,
+    trust: bool = TRUST,
+    width: float = WIDTH,
+):
+    """Grow MODEL (Algorithm 2): duplicate the most salient units of every growable group.
+
+        cgap-graph grow model.pt --beta 0.6 --data cifar10 -o grown.pt
+        cgap-graph grow seed.pt --beta 0.6 --select magnitude --init preserve -o grown.pt
+    """
+    req = ModelRequest(model, input_shape, None, arch, arch_kwargs, trust, width)
+
+    def body():
+        choice(init, "--init", ("paper", "preserve", "random"))
+        choice(capacity_mode, "--capacity-mode", ("stop", "clip"))
+        check_growth(beta, sigma, mu)
+        dev = parse_device(device)
+        check_output(output, req.inputs)
+        loaded, cg, _ = req.trace()
+        cg.module.to(dev)
+        sal, how = saliency_for(cg, data, data_dir, select, batches, batch_size, seed)
+        before, p0, f0 = _state(cg)
+        cap = None if no_capacity else loaded.meta.get("capacity")
+        rep = grow_pass(cg, sal, beta, init=init, sigma=sigma, mu=mu, capacity=capacity_by_id(cg, cap),
+                        capacity_mode=capacity_mode, seed=seed)
+        notes = [f"group {gid} not grown: {why}" for gid, why in rep.skipped.items()]
+        print_change(cg, f"grow {model}: beta {beta}, init {init}, saliency {how}", before, p0, f0, notes)
+        save_result(cg, loaded, req, output, {"step": "grow", "beta": beta, "init": init, "sigma": sigma, "mu": mu,
+                                              "saliency": how, "data": data}, cap)
+    run_command(body)
+
+
+def prune(
+    model: str = MODEL_ARG,
+    output: Path = OUTPUT,
+    weight_rate: float = typer.Option(0.5, "--weight-rate", metavar="RATE", help="gamma_W: fraction of weights "
+                                      "zeroed per layer, in (0, 1)."),
+    unit_rate: float = typer.Option(0.5, "--unit-rate", metavar="RATE", help="gamma_F/gamma_N: a unit sparser than "
+                                    "this is removed (with --mode units: the fraction of units removed per group)."),
+    mode: str = typer.Option("alg3", "--mode", metavar="MODE", help="alg3 (weights, then sparse units) or units "
+                             "(the lowest-scoring units)."),
+    no_fold: bool = typer.Option(False, "--no-fold", help="Do not fold removed units' constants into readers."),
+    data: str | None = DATA,
+    data_dir: str | None = DATA_DIR,
+    select: str | None = SELECT,
+    batches: int = BATCHES,
+    batch_size: int = BATCH_SIZE,
+    seed: int = SEED,
+    device: str = DEVICE,
+    input_shape: list[str] | None = INPUT_SHAPE,
+    arch: str | None = ARCH,
+    arch_kwargs: str | None = ARCH_KWARGS,
+    trust: bool = TRUST,
+    width: float = WIDTH,
+):
+    """Prune MODEL (Algorithm 3) and remove the pruned units physically.
+
+        cgap-graph prune model.pt --weight-rate 0.5 --unit-rate 0.5 --data mnist -o small.pt
+        cgap-graph prune model.pt --mode units --unit-rate 0.3 --select magnitude -o small.pt
+    """
+    req = ModelRequest(model, input_shape, None, arch, arch_kwargs, trust, width)
+
+    def body():
+        choice(mode, "--mode", ("alg3", "units"))
+        check_rates(**({"weight_rate": weight_rate} if mode == "alg3" else {}), unit_rate=unit_rate)
+        dev = parse_device(device)
+        check_output(output, req.inputs)
+        loaded, cg, _ = req.trace()
+        cg.module.to(dev)
+        sal, how = saliency_for(cg, data, data_dir, select, batches, batch_size, seed)
+        before, p0, f0 = _state(cg)
+        if mode == "alg3":
+            rep = prune_pass(cg, sal, weight_rate, unit_rate, fold=not no_fold)
+        else:
+            rep = prune_units(cg, sal, unit_rate, fold=not no_fold)
+        notes = rep.folded + [f"not folded: {n}" for n in rep.not_folded]
+        if rep.weights_total:
+            notes.insert(0, f"zeroed {rep.weights_zeroed:,} of {rep.weights_total:,} weights")
+        print_change(cg, f"prune {model}: {mode}, saliency {how}", before, p0, f0, notes)
+        save_result(cg, loaded, req, output, {"step": "prune", "mode": mode, "weight_rate": weight_rate,
+                                              "unit_rate": unit_rate, "saliency": how, "data": data},
+                    loaded.meta.get("capacity"))
+    run_command(body)
+
+
+def seed_cmd(
+    model: str = MODEL_ARG,
+    output: Path = OUTPUT,
+    width: float = typer.Option(..., "--width", metavar="W", help="Width multiplier in (0, 1]: the paper's seeds "
+                                "use 0.125."),
+    select: str = typer.Option("magnitude", "--select", metavar="HOW", help="Which units to keep: magnitude or "
+                               "first."),
+    reinit: bool = typer.Option(False, "--reinit", help="Draw fresh parameters (train the seed from scratch)."),
+    input_shape: list[str] | None = INPUT_SHAPE,
+    arch: str | None = ARCH,
+    arch_kwargs: str | None = ARCH_KWARGS,
+    trust: bool = TRUST,
+    zoo_width: float = typer.Option(1.0, "--zoo-width", metavar="W", help="Width of the zoo reference model."),
+):
+    """Make a seed: shrink every prunable group of MODEL to WIDTH of its size.
+
+    The reference widths are stored in the seed as the capacity limit for later growth.
+
+        cgap-graph seed vgg19 --width 0.125 -o seed.pt
+    """
+    req = ModelRequest(model, input_shape, None, arch, arch_kwargs, trust, zoo_width)
+
+    def body():
+        check_number("width", width, 0.0, 1.0, lo_open=True, meaning="the paper's seeds use 0.125")
+        choice(select, "--select", ("magnitude", "first"))
+        check_output(output, req.inputs)
+        loaded, cg, _ = req.trace()
+        before, p0, f0 = _state(cg)
+        rep = seed_pass(cg, width, select=select, reinit=reinit)
+        print_change(cg, f"seed {model}: width {width}", before, p0, f0)
+        save_result(cg, loaded, req, output, {"step": "seed", "width": width, "select": select, "reinit": reinit},
+                    rep.reference_widths)
+    run_command(body)
