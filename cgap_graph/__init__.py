@@ -14,7 +14,6 @@ from cgap_graph.io.model_io import load_model, save_model
 from cgap_graph.ir.graph import ChannelGraph, Group, Member, trace
 from cgap_graph.rules import all as _all_rules  # noqa: F401  (registers every op rule)
 
-
 __all__ = [
     "CgapError", "ChannelGraph", "Group", "InputShapeError", "Member", "ModelLoadError", "SurgeryError",
     "TraceError", "load_model", "model_io", "save_model", "trace", "zoo", "__version__",

@@ -52,5 +52,7 @@ def check_number(param: str, value: float, lo: float | None = None, hi: float | 
             rng = f"{'<' if hi_open else '<='} {hi:g}"
         else:
             rng = "a finite number"
+        if isinstance(value, float) and not math.isfinite(value) and rng != "a finite number":
+            rng = "a finite number " + rng.removeprefix("in ")
         raise BadValue(param, f"must be {rng}{f' ({meaning})' if meaning else ''}, got {value}")
     return value

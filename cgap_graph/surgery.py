@@ -30,8 +30,8 @@ from torch import nn
 from cgap_graph.errors import CgapError, SurgeryError
 from cgap_graph.ir.analysis import ConstSlot, Slot
 from cgap_graph.ir.graph import ChannelGraph, layouts
-from cgap_graph.ir.values import SizeV, TInfo
 from cgap_graph.ir.tracer import trace_module
+from cgap_graph.ir.values import SizeV, TInfo
 
 
 @dataclass

@@ -3,6 +3,8 @@ model loader (``ModelRequest``), so that every command reads MODEL the same way.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import time
 from collections.abc import Callable
@@ -27,6 +29,7 @@ MAX_INPUT_ELEMENTS = 1 << 31  # per input
 
 MODEL_ARG = typer.Argument(..., metavar="MODEL", help="A zoo name (see 'cgap-graph zoo'), a file saved by cgap-graph, "
                            "a state dict (with --arch) or a pickled model (with --trust).")
+OUTPUT = typer.Option(..., "-o", "--output", metavar="FILE", help="Where to write the result (never over MODEL).")
 INPUT_SHAPE = typer.Option(None, "--input-shape", "-s", metavar="SHAPE", help="Input shape, e.g. 1,3,32,32 (repeat "
                            "the option for a model with several inputs). Zoo models and cgap-graph files know theirs.")
 INPUT_DTYPE = typer.Option(None, "--input-dtype", metavar="DTYPE", help="float (default) or long (token ids); one per "
@@ -40,6 +43,7 @@ TRUST = typer.Option(False, "--trust", help="Allow a pickled model. Loading a pi
 WIDTH = typer.Option(1.0, "--width", metavar="W", help="Width multiplier of a zoo model (0.125: a seed as in the "
                      "paper).")
 DEVICE = typer.Option("cpu", "--device", metavar="DEVICE", help="cpu (default) or cuda[:N].")
+ZOO_WIDTH = typer.Option(1.0, "--zoo-width", metavar="W", help="Width of the zoo reference model.")
 
 _DTYPES = {"float": torch.float32, "float32": torch.float32, "float16": torch.float16, "half": torch.float16,
            "bfloat16": torch.bfloat16, "long": torch.int64, "int64": torch.int64, "int": torch.int64}
@@ -198,3 +202,45 @@ class ModelRequest:
 __all__ = ["ARCH", "ARCH_KWARGS", "DEVICE", "INPUT_DTYPE", "INPUT_SHAPE", "MODEL_ARG", "ModelRequest", "TRUST",
            "WIDTH", "choice", "console", "describe", "err", "note", "parse_device", "parse_dtype",
            "parse_json_object", "parse_shape", "run_command", "say_error", "say_warning"]
+
+
+# ---- shared option groups -------------------------------------------------------------------------------------
+def keyword(name: str, default: Any, annotation: Any) -> inspect.Parameter:
+    """A keyword parameter for a generated command signature."""
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
+
+
+def model_params(width: Any = WIDTH, width_name: str = "width") -> list[inspect.Parameter]:
+    """MODEL and the options that say how to read it (``--width``, or ``--zoo-width`` for seed)."""
+    return [keyword("model", MODEL_ARG, str), keyword("input_shape", INPUT_SHAPE, list[str] | None),
+            keyword("input_dtype", INPUT_DTYPE, list[str] | None),
+            keyword("arch", ARCH, str | None), keyword("arch_kwargs", ARCH_KWARGS, str | None),
+            keyword("trust", TRUST, bool), keyword(width_name, width, float)]
+
+
+def with_options(**groups: tuple[list[inspect.Parameter], Callable[..., Any]]) -> Callable:
+    """Give a command shared option groups: each ``name=(params, build)`` appends ``params`` to the
+    command's options and passes ``build(**their values)`` as the argument ``name``. One definition
+    of each option serves every command."""
+    def deco(fn: Callable) -> Callable:
+        sig = inspect.signature(fn, eval_str=True)
+        params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in sig.parameters.values()
+                  if p.name not in groups]
+        for group, _ in groups.values():
+            params += group
+
+        @functools.wraps(fn)
+        def command(**kw: Any) -> Any:
+            for name, (group, build) in groups.items():
+                kw[name] = build(**{p.name: kw.pop(p.name) for p in group})
+            return fn(**kw)
+        command.__signature__ = inspect.Signature(params)
+        del command.__wrapped__
+        command.__annotations__ = {}
+        return command
+    return deco
+
+
+MODEL_OPTIONS = (model_params(), ModelRequest)
+SEED_MODEL_OPTIONS = (model_params(ZOO_WIDTH, "zoo_width"),
+                      lambda zoo_width, **kw: ModelRequest(width=zoo_width, **kw))

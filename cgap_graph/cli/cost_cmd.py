@@ -127,7 +127,8 @@ def _print_report(report, console: Console) -> None:
             sched += " [red](too big)[/red]"
         if c.weight_format != "dense":
             sched += f" [cyan]{c.weight_format}[/cyan]"
-        table.add_row(escape(_short(c.name, c.op)), escape(op), c.shape, sched, f"{c.compute_cycles:,}", f"{c.latency_s * 1e6:,.1f}",
+        table.add_row(escape(_short(c.name, c.op)), escape(op), c.shape, sched, f"{c.compute_cycles:,}",
+                      f"{c.latency_s * 1e6:,.1f}",
                       f"{c.dram_bytes / 1024:,.1f}", f"{c.buffer_accesses:,}", f"{c.buffer_energy_pj * 1e-6:,.2f}",
                       f"{c.dram_energy_pj * 1e-6:,.2f}")
     t = report.totals()

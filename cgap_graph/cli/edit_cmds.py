@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -10,18 +11,17 @@ from rich.markup import escape
 from rich.table import Table
 
 from cgap_graph.cli.common import (
-    ARCH,
-    ARCH_KWARGS,
     DEVICE,
-    INPUT_SHAPE,
-    MODEL_ARG,
-    TRUST,
-    WIDTH,
+    MODEL_OPTIONS,
+    OUTPUT,
+    SEED_MODEL_OPTIONS,
     ModelRequest,
     choice,
     console,
+    keyword,
     parse_device,
     run_command,
+    with_options,
 )
 from cgap_graph.cli.report import fmt_count
 from cgap_graph.errors import CgapError, check_number
@@ -37,7 +37,6 @@ from cgap_graph.passes.cgap.seed import capacity_by_id, group_key
 from cgap_graph.passes.cgap.seed import seed as seed_pass
 from cgap_graph.run.data import check_fits, check_output_fits, loader
 
-OUTPUT = typer.Option(..., "-o", "--output", metavar="FILE", help="Where to write the result (never over MODEL).")
 DATA = typer.Option(None, "--data", metavar="DATASET", help="Dataset for Taylor saliency: mnist, fashion-mnist, "
                     "cifar10 or mnist-mini (read from --data-dir or $CGAP_DATA_DIR).")
 DATA_DIR = typer.Option(None, "--data-dir", metavar="DIR", help="Folder holding the datasets.")
@@ -47,22 +46,40 @@ BATCH_SIZE = typer.Option(64, "--batch-size", metavar="N", help="Images per sali
 SEED = typer.Option(0, "--seed", metavar="N", help="Random seed (noise, random selection).")
 
 
-def saliency_for(cg: ChannelGraph, data: str | None, data_dir: str | None, select: str | None, batches: int,
-                 batch_size: int, seed: int) -> tuple[Saliency, str]:
-    """Scores for a structural step: Taylor on real batches with --data, else magnitude or random."""
-    select = select or ("taylor" if data else None)
-    if select is None:
-        raise CgapError("give --data DATASET (Taylor saliency on real batches) or --select magnitude|random")
-    choice(select, "--select", ("taylor", "magnitude", "random"))
-    if select != "taylor":
-        return saliency(cg, mode=select, generator=torch.Generator().manual_seed(seed)), select
-    if not data:
-        raise CgapError("--select taylor needs --data DATASET (mnist, fashion-mnist, cifar10, mnist-mini)")
-    check_number("batches", batches, 1, meaning="batches of data for the saliency")
-    check_number("batch_size", batch_size, 1, 65536, meaning="images per saliency batch")
-    check_fits(data, cg.input_specs[0].shape)
-    check_output_fits(data, cg.output_shapes())
-    return saliency(cg, loader(data, "train", batch_size, data_dir=data_dir, seed=seed), batches=batches), select
+@dataclass
+class SaliencyOptions:
+    """How a structural step scores units: Taylor on real batches (--data), magnitude or random."""
+
+    data: str | None = None
+    data_dir: str | None = None
+    select: str | None = None
+    batches: int = 10
+    batch_size: int = 64
+    seed: int = 0
+    device: str = "cpu"
+
+    def scores(self, cg: ChannelGraph) -> tuple[Saliency, str]:
+        select = self.select or ("taylor" if self.data else None)
+        if select is None:
+            raise CgapError("give --data DATASET (Taylor saliency on real batches) or --select magnitude|random")
+        choice(select, "--select", ("taylor", "magnitude", "random"))
+        if select != "taylor":
+            return saliency(cg, mode=select, generator=torch.Generator().manual_seed(self.seed)), select
+        if not self.data:
+            raise CgapError("--select taylor needs --data DATASET (mnist, fashion-mnist, cifar10, mnist-mini)")
+        check_number("batches", self.batches, 1, meaning="batches of data for the saliency")
+        check_number("batch_size", self.batch_size, 1, 65536, meaning="images per saliency batch")
+        check_fits(self.data, cg.input_specs[0].shape)
+        check_output_fits(self.data, cg.output_shapes())
+        batches = loader(self.data, "train", self.batch_size, data_dir=self.data_dir, seed=self.seed)
+        return saliency(cg, batches, batches=self.batches), select
+
+
+SALIENCY_OPTIONS = ([keyword("data", DATA, str | None), keyword("data_dir", DATA_DIR, str | None),
+                     keyword("select", SELECT, str | None), keyword("batches", BATCHES, int),
+                     keyword("batch_size", BATCH_SIZE, int), keyword("seed", SEED, int),
+                     keyword("device", DEVICE, str)],
+                    SaliencyOptions)
 
 
 def print_change(cg: ChannelGraph, title: str, widths_before: dict[int, int], params_before: int, flops_before: int,
@@ -98,12 +115,24 @@ def save_result(cg: ChannelGraph, loaded, req: ModelRequest, output: Path, step:
                                                      if kind == "pickle" else ""))
 
 
+def _open(req: ModelRequest, sal: SaliencyOptions, output: Path):
+    """Check the output and device, load and trace MODEL, score its units."""
+    dev = parse_device(sal.device)
+    check_output(output, req.inputs)
+    loaded, cg, _ = req.trace()
+    cg.module.to(dev)
+    scores, how = sal.scores(cg)
+    return loaded, cg, scores, how
+
+
 def _state(cg: ChannelGraph) -> tuple[dict[int, int], int, int]:
     return {g.id: g.width for g in cg.groups}, cg.param_count(), cg.flops()
 
 
+@with_options(req=MODEL_OPTIONS, sal=SALIENCY_OPTIONS)
 def grow(
-    model: str = MODEL_ARG,
+    req: ModelRequest,
+    sal: SaliencyOptions,
     output: Path = OUTPUT,
     beta: float = typer.Option(0.6, "--beta", metavar="BETA", help="Growth ratio: each group gains round(BETA x "
                                "width) units, copies of its most salient ones (above 1: several copies each; at "
@@ -112,51 +141,35 @@ def grow(
                              "unchanged) or random."),
     sigma: float = typer.Option(0.5, "--sigma", metavar="S", help="Scaling factor of the paper initialiser."),
     mu: float = typer.Option(0.1, "--mu", metavar="MU", help="Noise range U(-MU, MU) of the paper initialiser."),
-    data: str | None = DATA,
-    data_dir: str | None = DATA_DIR,
-    select: str | None = SELECT,
-    batches: int = BATCHES,
-    batch_size: int = BATCH_SIZE,
     capacity_mode: str = typer.Option("stop", "--capacity-mode", metavar="MODE", help="At the capacity limit "
                                       "(stored by 'seed'): stop (paper) or clip."),
     no_capacity: bool = typer.Option(False, "--no-capacity", help="Ignore a capacity limit stored in MODEL."),
-    seed: int = SEED,
-    device: str = DEVICE,
-    input_shape: list[str] | None = INPUT_SHAPE,
-    arch: str | None = ARCH,
-    arch_kwargs: str | None = ARCH_KWARGS,
-    trust: bool = TRUST,
-    width: float = WIDTH,
 ):
     """Grow MODEL (Algorithm 2): duplicate the most salient units of every growable group.
 
         cgap-graph grow model.pt --beta 0.6 --data cifar10 -o grown.pt
         cgap-graph grow seed.pt --beta 0.6 --select magnitude --init preserve -o grown.pt
     """
-    req = ModelRequest(model, input_shape, None, arch, arch_kwargs, trust, width)
-
     def body():
         choice(init, "--init", ("paper", "preserve", "random"))
         choice(capacity_mode, "--capacity-mode", ("stop", "clip"))
         check_growth(beta, sigma, mu)
-        dev = parse_device(device)
-        check_output(output, req.inputs)
-        loaded, cg, _ = req.trace()
-        cg.module.to(dev)
-        sal, how = saliency_for(cg, data, data_dir, select, batches, batch_size, seed)
+        loaded, cg, scores, how = _open(req, sal, output)
         before, p0, f0 = _state(cg)
         cap = None if no_capacity else loaded.meta.get("capacity")
-        rep = grow_pass(cg, sal, beta, init=init, sigma=sigma, mu=mu, capacity=capacity_by_id(cg, cap),
-                        capacity_mode=capacity_mode, seed=seed)
+        rep = grow_pass(cg, scores, beta, init=init, sigma=sigma, mu=mu, capacity=capacity_by_id(cg, cap),
+                        capacity_mode=capacity_mode, seed=sal.seed)
         notes = [f"group {gid} not grown: {why}" for gid, why in rep.skipped.items()]
-        print_change(cg, f"grow {model}: beta {beta}, init {init}, saliency {how}", before, p0, f0, notes)
+        print_change(cg, f"grow {req.model}: beta {beta}, init {init}, saliency {how}", before, p0, f0, notes)
         save_result(cg, loaded, req, output, {"step": "grow", "beta": beta, "init": init, "sigma": sigma, "mu": mu,
-                                              "saliency": how, "data": data}, cap)
+                                              "saliency": how, "data": sal.data}, cap)
     run_command(body)
 
 
+@with_options(req=MODEL_OPTIONS, sal=SALIENCY_OPTIONS)
 def prune(
-    model: str = MODEL_ARG,
+    req: ModelRequest,
+    sal: SaliencyOptions,
     output: Path = OUTPUT,
     weight_rate: float = typer.Option(0.5, "--weight-rate", metavar="RATE", help="gamma_W: fraction of weights "
                                       "zeroed per layer, in (0, 1)."),
@@ -165,62 +178,40 @@ def prune(
     mode: str = typer.Option("alg3", "--mode", metavar="MODE", help="alg3 (weights, then sparse units) or units "
                              "(the lowest-scoring units)."),
     no_fold: bool = typer.Option(False, "--no-fold", help="Do not fold removed units' constants into readers."),
-    data: str | None = DATA,
-    data_dir: str | None = DATA_DIR,
-    select: str | None = SELECT,
-    batches: int = BATCHES,
-    batch_size: int = BATCH_SIZE,
-    seed: int = SEED,
-    device: str = DEVICE,
-    input_shape: list[str] | None = INPUT_SHAPE,
-    arch: str | None = ARCH,
-    arch_kwargs: str | None = ARCH_KWARGS,
-    trust: bool = TRUST,
-    width: float = WIDTH,
 ):
     """Prune MODEL (Algorithm 3) and remove the pruned units physically.
 
         cgap-graph prune model.pt --weight-rate 0.5 --unit-rate 0.5 --data mnist -o small.pt
         cgap-graph prune model.pt --mode units --unit-rate 0.3 --select magnitude -o small.pt
     """
-    req = ModelRequest(model, input_shape, None, arch, arch_kwargs, trust, width)
-
     def body():
         choice(mode, "--mode", ("alg3", "units"))
         check_rates(**({"weight_rate": weight_rate} if mode == "alg3" else {}), unit_rate=unit_rate)
-        dev = parse_device(device)
-        check_output(output, req.inputs)
-        loaded, cg, _ = req.trace()
-        cg.module.to(dev)
-        sal, how = saliency_for(cg, data, data_dir, select, batches, batch_size, seed)
+        loaded, cg, scores, how = _open(req, sal, output)
         before, p0, f0 = _state(cg)
         if mode == "alg3":
-            rep = prune_pass(cg, sal, weight_rate, unit_rate, fold=not no_fold)
+            rep = prune_pass(cg, scores, weight_rate, unit_rate, fold=not no_fold)
         else:
-            rep = prune_units(cg, sal, unit_rate, fold=not no_fold)
+            rep = prune_units(cg, scores, unit_rate, fold=not no_fold)
         notes = rep.folded + [f"not folded: {n}" for n in rep.not_folded]
         if rep.weights_total:
             notes.insert(0, f"zeroed {rep.weights_zeroed:,} of {rep.weights_total:,} weights")
-        print_change(cg, f"prune {model}: {mode}, saliency {how}", before, p0, f0, notes)
+        print_change(cg, f"prune {req.model}: {mode}, saliency {how}", before, p0, f0, notes)
         save_result(cg, loaded, req, output, {"step": "prune", "mode": mode, "weight_rate": weight_rate,
-                                              "unit_rate": unit_rate, "saliency": how, "data": data},
+                                              "unit_rate": unit_rate, "saliency": how, "data": sal.data},
                     loaded.meta.get("capacity"))
     run_command(body)
 
 
+@with_options(req=SEED_MODEL_OPTIONS)
 def seed_cmd(
-    model: str = MODEL_ARG,
+    req: ModelRequest,
     output: Path = OUTPUT,
     width: float = typer.Option(..., "--width", metavar="W", help="Width multiplier in (0, 1]: the paper's seeds "
                                 "use 0.125."),
     select: str = typer.Option("magnitude", "--select", metavar="HOW", help="Which units to keep: magnitude or "
                                "first."),
     reinit: bool = typer.Option(False, "--reinit", help="Draw fresh parameters (train the seed from scratch)."),
-    input_shape: list[str] | None = INPUT_SHAPE,
-    arch: str | None = ARCH,
-    arch_kwargs: str | None = ARCH_KWARGS,
-    trust: bool = TRUST,
-    zoo_width: float = typer.Option(1.0, "--zoo-width", metavar="W", help="Width of the zoo reference model."),
 ):
     """Make a seed: shrink every prunable group of MODEL to WIDTH of its size.
 
@@ -228,8 +219,6 @@ def seed_cmd(
 
         cgap-graph seed vgg19 --width 0.125 -o seed.pt
     """
-    req = ModelRequest(model, input_shape, None, arch, arch_kwargs, trust, zoo_width)
-
     def body():
         check_number("width", width, 0.0, 1.0, lo_open=True, meaning="the paper's seeds use 0.125")
         choice(select, "--select", ("magnitude", "first"))
@@ -237,7 +226,7 @@ def seed_cmd(
         loaded, cg, _ = req.trace()
         before, p0, f0 = _state(cg)
         rep = seed_pass(cg, width, select=select, reinit=reinit)
-        print_change(cg, f"seed {model}: width {width}", before, p0, f0)
+        print_change(cg, f"seed {req.model}: width {width}", before, p0, f0)
         save_result(cg, loaded, req, output, {"step": "seed", "width": width, "select": select, "reinit": reinit},
                     rep.reference_widths)
     run_command(body)

@@ -7,26 +7,15 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
-from cgap_graph.cli.common import (
-    ARCH,
-    ARCH_KWARGS,
-    INPUT_DTYPE,
-    INPUT_SHAPE,
-    MODEL_ARG,
-    TRUST,
-    WIDTH,
-    ModelRequest,
-    choice,
-    console,
-    run_command,
-)
+from cgap_graph.cli.common import MODEL_OPTIONS, ModelRequest, choice, console, run_command, with_options
 from cgap_graph.errors import check_number
 from cgap_graph.io.outputs import check_output
 from cgap_graph.passes.export import export_onnx
 
 
+@with_options(req=MODEL_OPTIONS)
 def export(
-    model: str = MODEL_ARG,
+    req: ModelRequest,
     output: Path = typer.Option(..., "-o", "--output", metavar="FILE", help="The .onnx file to write."),
     opset: int = typer.Option(18, "--opset", metavar="N", help="ONNX opset (18: the exporter's own; 17-23 accepted)."),
     exporter: str = typer.Option("auto", "--exporter", metavar="WHICH", help="auto (torch.export-based, falling "
@@ -35,12 +24,6 @@ def export(
     static_batch: bool = typer.Option(False, "--static-batch", help="Fix the batch axis instead of a dynamic one."),
     tolerance: float = typer.Option(1e-4, "--tolerance", metavar="TOL", help="Max |ONNX Runtime - PyTorch| "
                                     "accepted, relative to the outputs' magnitude when above 1."),
-    input_shape: list[str] | None = INPUT_SHAPE,
-    input_dtype: list[str] | None = INPUT_DTYPE,
-    arch: str | None = ARCH,
-    arch_kwargs: str | None = ARCH_KWARGS,
-    trust: bool = TRUST,
-    width: float = WIDTH,
 ):
     """Export MODEL to ONNX for deployment tools, checked end to end.
 
@@ -52,7 +35,7 @@ def export(
         cgap-graph export runs/lenet5-mnist/model.pt -o lenet5.onnx
         cgap-graph export resnet56 -o resnet56.onnx --opset 20
     """
-    req = ModelRequest(model, input_shape, input_dtype, arch, arch_kwargs, trust, width)
+    model = req.model
 
     def body():
         check_number("tolerance", tolerance, 0.0, 1.0, lo_open=True, meaning="relative to the outputs")

@@ -7,31 +7,15 @@ from pathlib import Path
 
 import typer
 
-from cgap_graph.cli.common import (
-    ARCH,
-    ARCH_KWARGS,
-    INPUT_DTYPE,
-    INPUT_SHAPE,
-    MODEL_ARG,
-    TRUST,
-    WIDTH,
-    ModelRequest,
-    console,
-    run_command,
-)
+from cgap_graph.cli.common import MODEL_OPTIONS, ModelRequest, console, run_command, with_options
 from cgap_graph.cli.report import print_inspect, summary
 from cgap_graph.io.outputs import check_output
 from cgap_graph.verify import perturbation_check
 
 
+@with_options(req=MODEL_OPTIONS)
 def inspect(
-    model: str = MODEL_ARG,
-    input_shape: list[str] | None = INPUT_SHAPE,
-    input_dtype: list[str] | None = INPUT_DTYPE,
-    arch: str | None = ARCH,
-    arch_kwargs: str | None = ARCH_KWARGS,
-    trust: bool = TRUST,
-    width: float = WIDTH,
+    req: ModelRequest,
     leaf: list[str] | None = typer.Option(None, "--leaf", metavar="MODULE", help="Keep this submodule opaque "
                                           "(its groups freeze); repeat for several."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
@@ -50,7 +34,8 @@ def inspect(
         cgap-graph inspect model.pt --input-shape 1,3,224,224 --json
         cgap-graph inspect vgg19 --width 30          # 18G parameters, analysed in seconds
     """
-    req = ModelRequest(model, input_shape, input_dtype, arch, arch_kwargs, trust, width, list(leaf or []))
+    req.leaf = list(leaf or [])
+    model = req.model
 
     def body():
         if graph is not None:

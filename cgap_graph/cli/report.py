@@ -83,7 +83,8 @@ def print_inspect(cg: ChannelGraph, title: str, console: Console, extra_lines: l
     console.print(f"[bold]{escape(title)}[/bold]")
     shapes = ", ".join("x".join(map(str, i["shape"])) + ("" if i["dtype"] == "float32" else f" {i['dtype']}")
                        for i in s["inputs"])
-    console.print(f"input {shapes}   parameters {s['params']:,} ({fmt_count(s['params'])})   FLOPs {fmt_count(s['flops'])}"
+    console.print(f"input {shapes}   parameters {s['params']:,} ({fmt_count(s['params'])})   "
+                  f"FLOPs {fmt_count(s['flops'])}"
                   f"   nodes {s['nodes']}   groups {len(cg.groups)} ({resizable} resizable)")
     for line in extra_lines:
         console.print(escape(line))
@@ -94,7 +95,9 @@ def print_inspect(cg: ChannelGraph, title: str, console: Console, extra_lines: l
     table.add_column("status")
     for row in s["groups"]:
         mods = row["modules"]
-        shown = escape(" ".join(mods[:max_members])) + (f" (+{len(mods) - max_members})" if len(mods) > max_members else "")
+        shown = escape(" ".join(mods[:max_members]))
+        if len(mods) > max_members:
+            shown += f" (+{len(mods) - max_members})"
         if row["frozen"]:
             status = f"[red]frozen[/red]: {escape(row['frozen'])}"
         else:

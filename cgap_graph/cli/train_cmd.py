@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import typer
 
-from cgap_graph.cli.common import ARCH, ARCH_KWARGS, INPUT_SHAPE, TRUST, ModelRequest, console, run_command
+from cgap_graph.cli.common import ARCH, ARCH_KWARGS, INPUT_SHAPE, TRUST, ModelRequest, console, keyword, run_command
 from cgap_graph.cli.report import fmt_count
 from cgap_graph.errors import CgapError, check_number
 from cgap_graph.ir.graph import trace
@@ -79,7 +79,7 @@ def train(**kw):
     method = kw.pop("method")
     small_world = {k: kw.pop(k) for k in _SW_KEYS}
     layer_rates = kw.pop("gamma_w_layer") or []
-    out = base["out"] or Path("runs") / f"{Path(base['model'] or 'lenet5').stem}-{base['dataset'] or 'run'}"
+    out = base.pop("out") or Path("runs") / f"{Path(base['model'] or 'lenet5').stem}-{base['dataset'] or 'run'}"
     hint = f"the last finished epoch is in {out}/checkpoint.pt; continue with: cgap-graph train --out {out} --resume"
 
     def body():
@@ -219,11 +219,8 @@ def _base_params() -> list[inspect.Parameter]:
         _opt("width", float, 1.0, "--width", metavar="W", help="Width of the zoo reference model."),
         _opt("seed_width", float, 1.0, "--seed-width", metavar="W", help="Start from a seed this fraction of the "
              "reference widths, e.g. 0.125."),
-        inspect.Parameter("input_shape", inspect.Parameter.KEYWORD_ONLY, annotation=list[str] | None,
-                          default=INPUT_SHAPE),
-        inspect.Parameter("arch", inspect.Parameter.KEYWORD_ONLY, annotation=str | None, default=ARCH),
-        inspect.Parameter("arch_kwargs", inspect.Parameter.KEYWORD_ONLY, annotation=str | None, default=ARCH_KWARGS),
-        inspect.Parameter("trust", inspect.Parameter.KEYWORD_ONLY, annotation=bool, default=TRUST),
+        keyword("input_shape", INPUT_SHAPE, list[str] | None), keyword("arch", ARCH, str | None),
+        keyword("arch_kwargs", ARCH_KWARGS, str | None), keyword("trust", TRUST, bool),
         _opt("method", str, "cgap", "--method", metavar="METHOD", help="cgap (grow and prune while training) or "
              "small-world (fixed sparse masks chosen before training, then optimise; needs --density)."),
         _opt("density", float | None, None, "--density", metavar="D", panel=_SW,

@@ -38,7 +38,8 @@ def check_output(out: str | os.PathLike, inputs: Iterable[str | os.PathLike | No
     path = Path(out)
     for i in inputs:
         if i is not None and same_file(path, i):
-            raise OutputError(f"{flag} {out} is the input {i}; choose another {flag} (inputs are never overwritten)")
+            raise OutputError(f"{flag} {out} is the input file {i}; choose another {flag} (inputs are never "
+                              "overwritten)")
     if path.is_dir():
         raise OutputError(f"{flag} {out} is a directory; give a file name, e.g. {Path(out) / 'model.pt'}")
     parent = path.parent
@@ -57,9 +58,10 @@ def run_markers(out: Path) -> list[str]:
 
 
 def check_run_dir(out: str | os.PathLike, writes: Sequence[str], inputs: Iterable[str | os.PathLike | None], *,
-                  resume: bool, overwrite: bool) -> Path:
-    """Make the run folder ``out`` (if needed) after checking that none of the files the run
-    ``writes`` is an input and that an existing run is only continued on purpose."""
+                  resume: bool, overwrite: bool, create: bool = True) -> Path:
+    """Make the run folder ``out`` (if needed; ``create=False`` only checks) after checking that
+    none of the files the run ``writes`` is an input and that an existing run is only continued
+    on purpose."""
     path = Path(out)
     if path.exists() and not path.is_dir():
         raise OutputError(f"--out {out} is a file; give a folder for the run (it holds {', '.join(writes[:3])} ...)")
@@ -72,6 +74,8 @@ def check_run_dir(out: str | os.PathLike, writes: Sequence[str], inputs: Iterabl
     if markers and not resume and not overwrite:
         raise OutputError(f"--out {out} already holds a run ({', '.join(markers)}); continue it with --resume, "
                           "or start again with --overwrite (its files are replaced)")
+    if not create:
+        return path
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -26,6 +26,7 @@ from cgap_graph.ir.expr import Expr, SpaceTable
 from cgap_graph.ir.tracer import Traced
 from cgap_graph.ir.values import SizeV, TInfo
 from cgap_graph.rules import registry as R
+from cgap_graph.rules.registry import Call
 
 
 @dataclass
@@ -140,7 +141,8 @@ class Analyzer:
         seen = 0
         while isinstance(node, fx.Node) and seen < 64:
             seen += 1
-            if _data_users(node) != 1 and node.op != "get_attr" and node.target not in _MULTI_OUT:
+            if _data_users(node) != 1 and node.op != "get_attr" and not R.has_trait(node.op, node.target,
+                                                                                       "multi_output"):
                 return False
             if node.op == "get_attr":
                 if self.traced.attr_kind.get(node.target) not in ("param", "buffer") or _data_users(node) != 1:
@@ -160,7 +162,7 @@ class Analyzer:
                             s.split |= written
                     return True
                 return False
-            if node.op == "call_function" and node.target in _LINEAR_FUNCS:
+            if node.op == "call_function" and R.has_trait(node.op, node.target, "linear"):
                 ok = True
                 for a in node.args[1:3]:
                     if isinstance(a, fx.Node):
@@ -216,11 +218,11 @@ class Analyzer:
             rule = R.module_rule(mod)
             if rule is None or rule.channels is None:
                 return self._opaque(node, f"no channel rule for module {type(mod).__name__}", args, kwargs)
-            return rule.channels(self, node, mod, args, kwargs)
+            return rule.channels(self, Call(args, kwargs, mod, node))
         rule = R.target_rule(op, node.target)
         if rule is None or rule.channels is None:
             return self._opaque(node, "no channel rule", args, kwargs)
-        return rule.channels(self, node, args, kwargs)
+        return rule.channels(self, Call(args, kwargs, None, node))
 
     def map_args(self, a: Any) -> Any:
         t = type(a)
@@ -301,16 +303,6 @@ def describe_target(node: fx.Node) -> str:
     return f"{node.op} {t}"
 
 
-_LINEAR_FUNCS: set = set()
-# Multi-output ops: their users take disjoint pieces, so several users are fine for a split mark.
-_MULTI_OUT: set = {"split", "chunk", "unbind"}
-_DATA_MOVEMENT_METHODS = {"view", "reshape", "transpose", "permute", "contiguous", "flatten", "unflatten",
-                          "squeeze", "unsqueeze", "to", "float", "half", "double", "bfloat16", "type_as",
-                          "clone", "detach", "movedim", "swapaxes", "t", "expand", "expand_as", "split",
-                          "chunk"}
-_DATA_MOVEMENT_FUNCS: set = set()  # filled by the rule families (torch.split, torch.transpose...)
-
-
 def _data_users(node: fx.Node) -> int:
     """Users that read values (not just the shape, like ``x.size(1)``)."""
     return sum(1 for u in node.users
@@ -319,7 +311,7 @@ def _data_users(node: fx.Node) -> int:
 
 def _is_data_movement(node: fx.Node) -> bool:
     if node.op == "call_method":
-        return node.target in _DATA_MOVEMENT_METHODS
+        return R.has_trait(node.op, node.target, "data_movement")
     if node.op == "call_function":
         if node.target is operator.getitem:
             # slices keep distinct channel ids; an integer index (qkv[1]) would not
@@ -328,7 +320,7 @@ def _is_data_movement(node: fx.Node) -> bool:
             return all(isinstance(i, slice) or i is None or i is Ellipsis for i in items) or \
                 isinstance(node.args[0], fx.Node) and isinstance(node.args[0].meta.get("shape"), tuple) and \
                 bool(node.args[0].meta["shape"]) and isinstance(node.args[0].meta["shape"][0], tuple)
-        if node.target in _DATA_MOVEMENT_FUNCS:
+        if R.has_trait(node.op, node.target, "data_movement"):
             return True
         if node.target in (operator.mul, operator.truediv) and len(node.args) == 2 and \
                 isinstance(node.args[1], (int, float)):

@@ -38,7 +38,7 @@ from cgap_graph.ir.symbolic import (
     state,
 )
 from cgap_graph.rules import registry as R
-from cgap_graph.rules.registry import TSpec
+from cgap_graph.rules.registry import Call, TSpec
 
 _ORIG_CALL = nn.Module.__call__
 _ORIG_GETATTR = nn.Module.__getattr__
@@ -225,7 +225,7 @@ class Tracer:
         rule_exc = None
         if rule is not None and rule.shape is not None:
             try:
-                return rule.shape(module, args, kwargs) if module is not None else rule.shape(args, kwargs)
+                return rule.shape(Call(args, kwargs, module))
             except TraceError:
                 raise
             except Exception as exc:
@@ -360,9 +360,9 @@ class Tracer:
             return self._record("call_module", name, args, kwargs, spec)
         self.module_stack.append(name)
         try:
-            if isinstance(mod, nn.MultiheadAttention):
-                from cgap_graph.rules.attention import explicit_mha_forward
-                return explicit_mha_forward(mod, *args, **kwargs)
+            forward = R.module_forward(mod)  # an explicit forward from the rules (nn.MultiheadAttention)
+            if forward is not None:
+                return forward(mod, *args, **kwargs)
             return _ORIG_CALL(mod, *args, **kwargs)
         except Exception as exc:
             if getattr(exc, "cgap_module", None) is None:

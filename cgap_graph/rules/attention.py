@@ -31,7 +31,8 @@ def _sdpa_args(args, kwargs):
     return vals
 
 
-def _sdpa_shape(args, kwargs):
+def _sdpa_shape(op):
+    args, kwargs = op.args, op.kwargs
     a = _sdpa_args(args, kwargs)
     q, k, val = a["query"], a["key"], a["value"]
     sq, sk, sv = shp(q), shp(k), shp(val)
@@ -41,7 +42,8 @@ def _sdpa_shape(args, kwargs):
     return TSpec((*batch, sq[-2], sv[-1]), q.dtype)
 
 
-def _sdpa_channels(an, node, args, kwargs):
+def _sdpa_channels(an, op):
+    node, args, kwargs = op.node, op.args, op.kwargs
     a = _sdpa_args(args, kwargs)
     q, k, val = a["query"], a["key"], a["value"]
     if v(a.get("enable_gqa", False)):
@@ -159,4 +161,6 @@ def explicit_mha_forward(mha: nn.MultiheadAttention, query, key, value, key_padd
     return out, weights
 
 
-__all__ = ["explicit_mha_forward", "nn"]
+register(nn.MultiheadAttention, forward=explicit_mha_forward)
+
+__all__ = ["explicit_mha_forward"]

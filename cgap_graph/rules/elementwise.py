@@ -20,21 +20,25 @@ from cgap_graph.rules.util import is_tensor, result_dtype, shp, spec_like, v
 
 
 # ---- unary ----------------------------------------------------------------------------------
-def _unary_shape(args, kwargs):
+def _unary_shape(op):
+    args = op.args
     return spec_like(args[0])
 
 
-def _unary_keep_zero(an, node, args, kwargs):
+def _unary_keep_zero(an, op):
+    args = op.args
     x = args[0]
     return TInfo(x.exprs, x.zm, x.shape)
 
 
-def _unary_lose_zero(an, node, args, kwargs):
+def _unary_lose_zero(an, op):
+    args = op.args
     x = args[0]
     return TInfo(x.exprs, False, x.shape)
 
 
-def _clamp_channels(an, node, args, kwargs):
+def _clamp_channels(an, op):
+    args, kwargs = op.args, op.kwargs
     x = args[0]
     lo = args[1] if len(args) > 1 else kwargs.get("min")
     hi = args[2] if len(args) > 2 else kwargs.get("max")
@@ -43,7 +47,8 @@ def _clamp_channels(an, node, args, kwargs):
     return TInfo(x.exprs, x.zm and keeps, x.shape)
 
 
-def _hardtanh_channels(an, node, args, kwargs):
+def _hardtanh_channels(an, op):
+    args, kwargs = op.args, op.kwargs
     x = args[0]
     lo = args[1] if len(args) > 1 else kwargs.get("min_val", -1.0)
     hi = args[2] if len(args) > 2 else kwargs.get("max_val", 1.0)
@@ -90,11 +95,11 @@ register(F.hardtanh, F.hardtanh_, shape=_unary_shape, channels=_hardtanh_channel
 
 _BOOL = {torch.isnan, torch.isinf, torch.isfinite, torch.logical_not, "isnan", "isinf", "logical_not"}
 for _f in _BOOL:
-    register(_f, shape=lambda args, kwargs: spec_like(args[0], torch.bool))
+    register(_f, shape=lambda op: spec_like(op.args[0], torch.bool))
 
 
 def _conv_dtype(dtype):
-    return lambda args, kwargs: spec_like(args[0], dtype)
+    return lambda op: spec_like(op.args[0], dtype)
 
 
 for _m, _d in [("float", torch.float32), ("half", torch.float16), ("double", torch.float64),
@@ -103,7 +108,8 @@ for _m, _d in [("float", torch.float32), ("half", torch.float16), ("double", tor
     register(_m, shape=_conv_dtype(_d))
 
 
-def _to_shape(args, kwargs):
+def _to_shape(op):
+    args, kwargs = op.args, op.kwargs
     x = args[0]
     dtype = kwargs.get("dtype")
     for a in args[1:]:
@@ -115,7 +121,7 @@ def _to_shape(args, kwargs):
 
 
 register("to", "type", shape=_to_shape)
-register("type_as", shape=lambda args, kwargs: spec_like(args[0], args[1].dtype))
+register("type_as", shape=lambda op: spec_like(op.args[0], op.args[1].dtype))
 
 # Activation and dropout modules.
 _KEEP_ZERO_MODULES = [nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU, nn.ELU, nn.SELU,
@@ -125,21 +131,25 @@ _LOSE_ZERO_MODULES = [nn.Sigmoid, nn.Hardsigmoid, nn.Softplus, nn.LogSigmoid, nn
                       nn.FeatureAlphaDropout]
 
 
-def _mod_unary_shape(mod, args, kwargs):
+def _mod_unary_shape(op):
+    args = op.args
     return spec_like(args[0])
 
 
-def _mod_keep_zero(an, node, mod, args, kwargs):
+def _mod_keep_zero(an, op):
+    args = op.args
     x = args[0]
     return TInfo(x.exprs, x.zm, x.shape)
 
 
-def _mod_lose_zero(an, node, mod, args, kwargs):
+def _mod_lose_zero(an, op):
+    args = op.args
     x = args[0]
     return TInfo(x.exprs, False, x.shape)
 
 
-def _mod_hardtanh(an, node, mod, args, kwargs):
+def _mod_hardtanh(an, op):
+    mod, args = op.module, op.args
     x = args[0]
     return TInfo(x.exprs, x.zm and mod.min_val <= 0 <= mod.max_val, x.shape)
 
@@ -151,7 +161,8 @@ for _c in _LOSE_ZERO_MODULES:
 register(nn.Hardtanh, shape=_mod_unary_shape, channels=_mod_hardtanh)
 
 
-def _prelu_channels(an, node, mod, args, kwargs):
+def _prelu_channels(an, op):
+    node, args = op.node, op.args
     x = args[0]
     key = f"{node.target}.weight"
     n = an.tensor(key).numel()
@@ -166,13 +177,15 @@ register(nn.PReLU, shape=_mod_unary_shape, channels=_prelu_channels)
 
 
 # ---- binary and ternary ------------------------------------------------------------------------
-def _bcast_shape(args, kwargs):
+def _bcast_shape(op):
+    args = op.args
     tensors = [a for a in args if is_tensor(a)]
     shape = broadcast_shapes(*(shp(t) for t in tensors))
     return TSpec(shape, result_dtype(*args))
 
 
-def _cmp_shape(args, kwargs):
+def _cmp_shape(op):
+    args = op.args
     tensors = [a for a in args if is_tensor(a)]
     return TSpec(broadcast_shapes(*(shp(t) for t in tensors)), torch.bool)
 
@@ -225,21 +238,24 @@ def _is_zero(a) -> bool:
         return False
 
 
-def _add_like(an, node, args, kwargs):
+def _add_like(an, op):
+    node, args = op.node, op.args
     ops = list(args)
     if not any(isinstance(a, TInfo) for a in ops):
         return _scalar_fold(node, ops)
     return bcast(an, node, ops, all(_is_zero(a) for a in ops if a is not None))
 
 
-def _mul_like(an, node, args, kwargs):
+def _mul_like(an, op):
+    node, args = op.node, op.args
     ops = list(args)
     if not any(isinstance(a, TInfo) for a in ops):
         return _scalar_fold(node, ops)
     return bcast(an, node, ops, any(_is_zero(a) for a in ops))
 
 
-def _div_like(an, node, args, kwargs):
+def _div_like(an, op):
+    node, args = op.node, op.args
     ops = list(args[:2])
     if not any(isinstance(a, TInfo) for a in ops):
         return _scalar_fold(node, ops)
@@ -251,7 +267,8 @@ def _div_like(an, node, args, kwargs):
     return out
 
 
-def _pow_channels(an, node, args, kwargs):
+def _pow_channels(an, op):
+    node, args = op.node, op.args
     base, ex = args[0], args[1]
     if not any(isinstance(a, TInfo) for a in (base, ex)):
         return _scalar_fold(node, (base, ex))
@@ -259,23 +276,27 @@ def _pow_channels(an, node, args, kwargs):
     return bcast(an, node, [base, ex], zm)
 
 
-def _cmp_channels(an, node, args, kwargs):
+def _cmp_channels(an, op):
+    node, args = op.node, op.args
     if not any(isinstance(a, TInfo) for a in args):
         return _scalar_fold(node, args)
     return bcast(an, node, list(args), False)
 
 
-def _where_channels(an, node, args, kwargs):
+def _where_channels(an, op):
+    node, args, kwargs = op.node, op.args, op.kwargs
     cond, a, b = (list(args) + [kwargs.get("input"), kwargs.get("other")])[:3]
     return bcast(an, node, [cond, a, b], _is_zero(a) and _is_zero(b))
 
 
-def _masked_fill_channels(an, node, args, kwargs):
+def _masked_fill_channels(an, op):
+    node, args, kwargs = op.node, op.args, op.kwargs
     x, mask, value = args[0], args[1], args[2] if len(args) > 2 else kwargs.get("value")
     return bcast(an, node, [x, mask], x.zm and _is_zero(value))
 
 
-def _ternary_channels(an, node, args, kwargs):
+def _ternary_channels(an, op):
+    node, args = op.node, op.args
     ops = [a for a in args[:3]]
     return bcast(an, node, ops, all(_is_zero(a) for a in ops))
 
@@ -305,19 +326,22 @@ for _f in (operator.or_, operator.xor, torch.logical_or, torch.logical_xor, "log
     register(_f, shape=_cmp_shape)
 
 
-def _where_shape(args, kwargs):
+def _where_shape(op):
+    args, kwargs = op.args, op.kwargs
     ops = list(args) + [kwargs.get("input"), kwargs.get("other")]
     cond, a, b = ops[:3]
     shapes = [shp(t) for t in (cond, a, b) if is_tensor(t)]
     return TSpec(broadcast_shapes(*shapes), result_dtype(*[x for x in (a, b) if x is not None]))
 
 
-def _method_where_channels(an, node, args, kwargs):
+def _method_where_channels(an, op):
+    node, args, kwargs = op.node, op.args, op.kwargs
     x, cond, other = args[0], args[1], args[2] if len(args) > 2 else kwargs.get("other")
     return bcast(an, node, [cond, x, other], _is_zero(x) and _is_zero(other))
 
 
-def _method_where_shape(args, kwargs):
+def _method_where_shape(op):
+    args, kwargs = op.args, op.kwargs
     x, cond = args[0], args[1]
     other = args[2] if len(args) > 2 else kwargs.get("other")
     shapes = [shp(t) for t in (x, cond, other) if is_tensor(t)]
@@ -328,7 +352,8 @@ register(torch.where, shape=_where_shape, channels=_where_channels)
 register("where", shape=_method_where_shape, channels=_method_where_channels)
 
 
-def _masked_fill_shape(args, kwargs):
+def _masked_fill_shape(op):
+    args = op.args
     return TSpec(broadcast_shapes(shp(args[0]), shp(args[1])), args[0].dtype)
 
 

@@ -15,10 +15,9 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from cgap_graph.ir import analysis as A
 from cgap_graph.ir.expr import concat
 from cgap_graph.ir.values import SizeV, TInfo
-from cgap_graph.rules.registry import TSpec, norm_dim, register
+from cgap_graph.rules.registry import TSpec, add_traits, norm_dim, register
 from cgap_graph.rules.util import F1, is_tensor, shp, v
 
 
@@ -29,7 +28,8 @@ def _cat_inputs(args, kwargs):
     return list(tensors), dim
 
 
-def _cat_shape(args, kwargs):
+def _cat_shape(op):
+    args, kwargs = op.args, op.kwargs
     tensors, dim = _cat_inputs(args, kwargs)
     ts = [t for t in tensors if not (len(shp(t)) == 1 and shp(t)[0] == 0)]
     out = list(shp(ts[0]))
@@ -55,7 +55,8 @@ def _unify_dim(an, exprs):
     return cand
 
 
-def _cat_channels(an, node, args, kwargs):
+def _cat_channels(an, op):
+    node, args, kwargs = op.node, op.args, op.kwargs
     tensors, dim = _cat_inputs(args, kwargs)
     xs = [t for t in tensors if isinstance(t, TInfo) and not (t.ndim == 1 and t.shape[0] == 0)]
     n = xs[0].ndim
@@ -71,7 +72,8 @@ def _cat_channels(an, node, args, kwargs):
     return TInfo(tuple(exprs), all(x.zm for x in xs), node.meta["shape"])
 
 
-def _stack_shape(args, kwargs):
+def _stack_shape(op):
+    args, kwargs = op.args, op.kwargs
     tensors, dim = _cat_inputs(args, kwargs)
     s = list(shp(tensors[0]))
     d = norm_dim(dim, len(s) + 1)
@@ -79,7 +81,8 @@ def _stack_shape(args, kwargs):
     return TSpec(s, tensors[0].dtype)
 
 
-def _stack_channels(an, node, args, kwargs):
+def _stack_channels(an, op):
+    node, args, kwargs = op.node, op.args, op.kwargs
     tensors, dim = _cat_inputs(args, kwargs)
     xs = [t for t in tensors if isinstance(t, TInfo)]
     n = xs[0].ndim
@@ -117,7 +120,8 @@ def _split_args(node_or_args, kwargs):
     return x, size, dim
 
 
-def _split_shape(args, kwargs):
+def _split_shape(op):
+    args, kwargs = op.args, op.kwargs
     x, size, dim = _split_args(args, kwargs)
     d = norm_dim(dim, len(shp(x)))
     out = []
@@ -135,7 +139,8 @@ def _chunk_args(args, kwargs):
     return x, chunks, dim
 
 
-def _chunk_shape(args, kwargs):
+def _chunk_shape(op):
+    args, kwargs = op.args, op.kwargs
     x, chunks, dim = _chunk_args(args, kwargs)
     d = norm_dim(dim, len(shp(x)))
     out = []
@@ -166,7 +171,8 @@ def _outputs(x: TInfo, d: int, pieces, sizes):
     return tuple(out)
 
 
-def _split_channels(an, node, args, kwargs):
+def _split_channels(an, op):
+    node, args, kwargs = op.node, op.args, op.kwargs
     x, size, dim = _split_args(args, kwargs)
     d = norm_dim(dim, x.ndim)
     sizes = _split_sizes(x.shape[d], size)
@@ -190,7 +196,8 @@ def _split_channels(an, node, args, kwargs):
     return _outputs(x, d, pieces, sizes)
 
 
-def _chunk_channels(an, node, args, kwargs):
+def _chunk_channels(an, op):
+    node, args, kwargs = op.node, op.args, op.kwargs
     x, chunks, dim = _chunk_args(args, kwargs)
     d = norm_dim(dim, x.ndim)
     sizes = _chunk_sizes(x.shape[d], v(chunks))
@@ -203,7 +210,8 @@ def _chunk_channels(an, node, args, kwargs):
     return _outputs(x, d, pieces, sizes)
 
 
-def _unbind_shape(args, kwargs):
+def _unbind_shape(op):
+    args, kwargs = op.args, op.kwargs
     x = args[0]
     dim = v(args[1]) if len(args) > 1 else v(kwargs.get("dim", 0))
     d = norm_dim(dim, len(shp(x)))
@@ -211,7 +219,8 @@ def _unbind_shape(args, kwargs):
     return tuple(TSpec(s, x.dtype) for _ in range(shp(x)[d]))
 
 
-def _unbind_channels(an, node, args, kwargs):
+def _unbind_channels(an, op):
+    args, kwargs = op.args, op.kwargs
     x = args[0]
     dim = v(args[1]) if len(args) > 1 else v(kwargs.get("dim", 0))
     d = norm_dim(dim, x.ndim)
@@ -222,11 +231,12 @@ def _unbind_channels(an, node, args, kwargs):
     return tuple(TInfo(exprs, x.zm, shape) for _ in range(x.shape[d]))
 
 
-A._DATA_MOVEMENT_FUNCS.update({torch.split, torch.chunk, torch.split_with_sizes})
 register(torch.split, "split", shape=_split_shape, channels=_split_channels)
 register("split_with_sizes", torch.split_with_sizes, shape=_split_shape, channels=_split_channels)
 register(torch.chunk, "chunk", shape=_chunk_shape, channels=_chunk_channels)
 register(torch.unbind, "unbind", shape=_unbind_shape, channels=_unbind_channels)
+add_traits(torch.split, torch.chunk, torch.split_with_sizes, "split", "chunk", traits=("data_movement",))
+add_traits(torch.split, torch.chunk, torch.unbind, "split", "chunk", "unbind", traits=("multi_output",))
 
 
 # ---- indexing ---------------------------------------------------------------------------------
@@ -246,7 +256,8 @@ def _slice_bounds(sl, n):
     return slice(v(sl.start), v(sl.stop), v(sl.step)).indices(n)
 
 
-def _getitem_shape(args, kwargs):
+def _getitem_shape(op):
+    args = op.args
     x, idx = args[0], args[1]
     if not is_tensor(x):
         raise TypeError("not a tensor")  # tuple indexing is recorded by the tracer as plain Python
@@ -267,7 +278,8 @@ def _getitem_shape(args, kwargs):
     return TSpec(out, x.dtype)
 
 
-def _getitem_channels(an, node, args, kwargs):
+def _getitem_channels(an, op):
+    node, args = op.node, op.args
     container, idx = args[0], args[1]
     if isinstance(container, (tuple, list)):
         return container[v(idx)] if not isinstance(idx, slice) else container[idx]
@@ -330,14 +342,16 @@ def _getitem_channels(an, node, args, kwargs):
 register(operator.getitem, shape=_getitem_shape, channels=_getitem_channels)
 
 
-def _narrow_shape(args, kwargs):
+def _narrow_shape(op):
+    args = op.args
     x, dim, _start, length = args[0], v(args[1]), v(args[2]), v(args[3])
     s = list(shp(x))
     s[norm_dim(dim, len(s))] = int(length)
     return TSpec(s, x.dtype)
 
 
-def _narrow_channels(an, node, args, kwargs):
+def _narrow_channels(an, op):
+    node, args = op.node, op.args
     x = args[0]
     d = norm_dim(v(args[1]), x.ndim)
     if x.exprs[d][0] != "F" and (v(args[2]), v(args[3])) != (0, x.shape[d]):
@@ -351,14 +365,16 @@ def _narrow_channels(an, node, args, kwargs):
     return TInfo(tuple(e), x.zm, node.meta["shape"])
 
 
-def _select_shape(args, kwargs):
+def _select_shape(op):
+    args = op.args
     x, dim = args[0], v(args[1])
     s = list(shp(x))
     del s[norm_dim(dim, len(s))]
     return TSpec(s, x.dtype)
 
 
-def _select_channels(an, node, args, kwargs):
+def _select_channels(an, op):
+    node, args = op.node, op.args
     x = args[0]
     d = norm_dim(v(args[1]), x.ndim)
     if x.exprs[d][0] != "F":
@@ -379,7 +395,8 @@ def _pad_args(args, kwargs):
     return x, pad, mode, value
 
 
-def _pad_shape(args, kwargs):
+def _pad_shape(op):
+    args, kwargs = op.args, op.kwargs
     x, pad, mode, value = _pad_args(args, kwargs)
     pad = [int(p) for p in v(pad)]
     s = list(shp(x))
@@ -389,7 +406,8 @@ def _pad_shape(args, kwargs):
     return TSpec(s, x.dtype)
 
 
-def _pad_channels(an, node, args, kwargs):
+def _pad_channels(an, op):
+    node, args, kwargs = op.node, op.args, op.kwargs
     x, pad, mode, value = _pad_args(args, kwargs)
     raw = node.args[1] if len(node.args) > 1 else node.kwargs["pad"]
     base = ("args", 1) if len(node.args) > 1 else ("kwargs", "pad")
@@ -427,7 +445,8 @@ def _pad_channels(an, node, args, kwargs):
 register(F.pad, torch.constant_pad_nd, shape=_pad_shape, channels=_pad_channels)
 
 
-def _index_select_channels(an, node, args, kwargs):
+def _index_select_channels(an, op):
+    node, args = op.node, op.args
     x = args[0]
     d = norm_dim(v(args[1]), x.ndim)
     if x.exprs[d][0] != "F":
@@ -437,7 +456,8 @@ def _index_select_channels(an, node, args, kwargs):
     return TInfo(tuple(e), x.zm, node.meta["shape"])
 
 
-def _index_select_shape(args, kwargs):
+def _index_select_shape(op):
+    args = op.args
     x, dim, index = args[0], v(args[1]), args[2]
     s = list(shp(x))
     s[norm_dim(dim, len(s))] = shp(index)[0] if shp(index) else 1

@@ -19,10 +19,9 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from cgap_graph.ir import analysis as A
 from cgap_graph.ir.expr import product
 from cgap_graph.ir.values import TInfo
-from cgap_graph.rules.registry import TSpec, broadcast_shapes, register
+from cgap_graph.rules.registry import Call, TSpec, add_traits, broadcast_shapes, register
 from cgap_graph.rules.util import F1, shp, v
 
 
@@ -59,7 +58,8 @@ def conv_out_shape(in_shape, out_channels, kernel, stride, padding, dilation, tr
     return (*lead, out_channels, *out)
 
 
-def _conv_mod_shape(mod, args, kwargs):
+def _conv_mod_shape(op):
+    mod, args = op.module, op.args
     x = args[0]
     s = shp(x)
     nsp = len(mod.kernel_size)
@@ -72,7 +72,8 @@ def _conv_mod_shape(mod, args, kwargs):
     return TSpec(out, x.dtype)
 
 
-def _linear_mod_shape(mod, args, kwargs):
+def _linear_mod_shape(op):
+    mod, args = op.module, op.args
     x = args[0]
     s = shp(x)
     if not s or s[-1] != mod.in_features:
@@ -80,7 +81,8 @@ def _linear_mod_shape(mod, args, kwargs):
     return TSpec((*s[:-1], mod.out_features), x.dtype)
 
 
-def _embedding_mod_shape(mod, args, kwargs):
+def _embedding_mod_shape(op):
+    mod, args = op.module, op.args
     x = args[0]
     if x.dtype.is_floating_point:
         raise RuntimeError("Embedding expects integer indices (use --input-dtype long)")
@@ -140,7 +142,8 @@ def conv_channels(an, node, x: TInfo, key: str, wkey: str, bkey: str | None, gro
     return TInfo(tuple(exprs), True, out_shape)
 
 
-def _conv_mod_channels(an, node, mod, args, kwargs):
+def _conv_mod_channels(an, op):
+    node, mod, args = op.node, op.module, op.args
     key = node.target
     return conv_channels(an, node, args[0], key, f"{key}.weight",
                          f"{key}.bias" if mod._parameters.get("bias") is not None else None,
@@ -148,7 +151,8 @@ def _conv_mod_channels(an, node, mod, args, kwargs):
                          mod.transposed, module=True)
 
 
-def _linear_mod_channels(an, node, mod, args, kwargs):
+def _linear_mod_channels(an, op):
+    node, mod, args = op.node, op.module, op.args
     x = args[0]
     key = node.target
     an.unify(x.exprs[-1], an.pspace(f"{key}.weight", 1, "consume", x.exprs[-1]))
@@ -160,7 +164,8 @@ def _linear_mod_channels(an, node, mod, args, kwargs):
     return TInfo((*x.exprs[:-1], out_c), True, node.meta["shape"])
 
 
-def _embedding_mod_channels(an, node, mod, args, kwargs):
+def _embedding_mod_channels(an, op):
+    node, args = op.node, op.args
     x = args[0]
     out_c = an.pspace(f"{node.target}.weight", 1, "produce")
     an.attr(node.target, "embedding_dim", out_c)
@@ -174,14 +179,16 @@ register(nn.Embedding, shape=_embedding_mod_shape, channels=_embedding_mod_chann
 
 
 # ---- functional forms ---------------------------------------------------------------------------
-def _f_linear_shape(args, kwargs):
+def _f_linear_shape(op):
+    args, kwargs = op.args, op.kwargs
     x, w = args[0], args[1] if len(args) > 1 else kwargs["weight"]
     if shp(x)[-1] != shp(w)[-1]:
         raise RuntimeError(f"linear: input features {shp(x)[-1]} != weight columns {shp(w)[-1]}")
     return TSpec((*shp(x)[:-1], *shp(w)[:-1]), x.dtype)
 
 
-def _f_linear_channels(an, node, args, kwargs):
+def _f_linear_channels(an, op):
+    node, args, kwargs = op.node, op.args, op.kwargs
     x = args[0]
     w = args[1] if len(args) > 1 else kwargs["weight"]
     b = args[2] if len(args) > 2 else kwargs.get("bias")
@@ -205,13 +212,15 @@ def _f_conv_args(args, kwargs):
             vals.get("dilation", 1), vals.get("groups", 1))
 
 
-def _f_conv_shape(args, kwargs):
+def _f_conv_shape(op):
+    args, kwargs = op.args, op.kwargs
     x, w, b, stride, padding, dilation, groups = _f_conv_args(args, kwargs)
     k = shp(w)[2:]
     return TSpec(conv_out_shape(shp(x), shp(w)[0], k, stride, padding, dilation), x.dtype)
 
 
-def _f_conv_channels(an, node, args, kwargs):
+def _f_conv_channels(an, op):
+    node, args, kwargs = op.node, op.args, op.kwargs
     x, w, b, stride, padding, dilation, groups = _f_conv_args(args, kwargs)
     groups = int(v(groups))
     nsp = w.ndim - 2
@@ -225,12 +234,14 @@ def _f_conv_channels(an, node, args, kwargs):
     return out
 
 
-def _f_embedding_shape(args, kwargs):
+def _f_embedding_shape(op):
+    args, kwargs = op.args, op.kwargs
     x, w = args[0], args[1] if len(args) > 1 else kwargs["weight"]
     return TSpec((*shp(x), shp(w)[1]), w.dtype)
 
 
-def _f_embedding_channels(an, node, args, kwargs):
+def _f_embedding_channels(an, op):
+    node, args, kwargs = op.node, op.args, op.kwargs
     x, w = args[0], args[1] if len(args) > 1 else kwargs["weight"]
     return TInfo((*x.exprs, w.exprs[1]), w.zm, node.meta["shape"])
 
@@ -238,12 +249,12 @@ def _f_embedding_channels(an, node, args, kwargs):
 register(F.linear, shape=_f_linear_shape, channels=_f_linear_channels)
 register(F.conv1d, F.conv2d, F.conv3d, shape=_f_conv_shape, channels=_f_conv_channels)
 register(F.embedding, shape=_f_embedding_shape, channels=_f_embedding_channels)
-A._LINEAR_FUNCS.update({F.linear, F.conv1d, F.conv2d, F.conv3d})
-A._MULTI_OUT.update({torch.split, torch.chunk, torch.unbind})
+add_traits(F.linear, F.conv1d, F.conv2d, F.conv3d, traits=("linear",))
 
 
 # ---- contractions ---------------------------------------------------------------------------------
-def _matmul_shape(args, kwargs):
+def _matmul_shape(op):
+    args = op.args
     a, b = args[0], args[1]
     sa, sb = shp(a), shp(b)
     if not sa or not sb:
@@ -317,7 +328,8 @@ def matmul_channels(an, node, a: TInfo, b: TInfo, na, nb) -> TInfo:
     return TInfo(tuple(exprs), _zm_dims(an, zip(exprs, zms)), out_shape)
 
 
-def _matmul_channels(an, node, args, kwargs):
+def _matmul_channels(an, op):
+    node, args = op.node, op.args
     return matmul_channels(an, node, args[0], args[1], node.args[0], node.args[1])
 
 
@@ -325,11 +337,13 @@ register(torch.matmul, operator.matmul, "matmul", torch.bmm, "bmm", torch.mm, "m
          channels=_matmul_channels)
 
 
-def _addmm_shape(args, kwargs):
-    return _matmul_shape(args[1:3], {})
+def _addmm_shape(op):
+    args = op.args
+    return _matmul_shape(Call(args[1:3], {}))
 
 
-def _addmm_channels(an, node, args, kwargs):
+def _addmm_channels(an, op):
+    node, args = op.node, op.args
     out = matmul_channels(an, node, args[1], args[2], node.args[1], node.args[2])
     bias = args[0]
     if isinstance(bias, TInfo):
@@ -375,7 +389,8 @@ def _einsum_operands(args):
     return eq, ops
 
 
-def _einsum_shape(args, kwargs):
+def _einsum_shape(op):
+    args = op.args
     eq, ops = _einsum_operands(args)
     subs, rhs = _einsum_parse(eq, [len(shp(o)) for o in ops])
     size = {}
@@ -386,7 +401,8 @@ def _einsum_shape(args, kwargs):
     return TSpec([size[c] for c in rhs], ops[0].dtype)
 
 
-def _einsum_channels(an, node, args, kwargs):
+def _einsum_channels(an, op):
+    node, args = op.node, op.args
     eq, ops = _einsum_operands(args)
     raw_ops = list(node.args[1]) if len(node.args) == 2 and isinstance(node.args[1], (list, tuple)) \
         else list(node.args[1:])

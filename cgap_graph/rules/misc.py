@@ -18,7 +18,8 @@ from cgap_graph.rules.registry import TSpec, register
 from cgap_graph.rules.util import F1, shp, v
 
 
-def _size_channels(an, node, args, kwargs):
+def _size_channels(an, op):
+    node, args, kwargs = op.node, op.args, op.kwargs
     x = args[0]
     d = args[1] if len(args) > 1 else kwargs.get("dim")
     if d is None:
@@ -29,7 +30,8 @@ def _size_channels(an, node, args, kwargs):
 register("size", channels=_size_channels)
 
 
-def _getattr_channels(an, node, args, kwargs):
+def _getattr_channels(an, op):
+    node = op.node
     return SizeV((), node.meta.get("value"))
 
 
@@ -55,7 +57,8 @@ def _dtype(kwargs, default=None):
 
 
 def _factory_shape_fn(first=0, fill_arg=False):
-    def shape(args, kwargs):
+    def shape(op):
+        args, kwargs = op.args, op.kwargs
         a = list(args)
         if fill_arg:  # full(size, fill_value)
             sizes = v(a[first])
@@ -70,7 +73,8 @@ def _factory_shape_fn(first=0, fill_arg=False):
 
 
 def _factory_channels_fn(first=0, fill_arg=False, zero=False):
-    def channels(an, node, args, kwargs):
+    def channels(an, op):
+        node, args, kwargs = op.node, op.args, op.kwargs
         if fill_arg:
             sizes = args[first]
         else:
@@ -98,13 +102,15 @@ register("new_full", shape=_factory_shape_fn(first=1, fill_arg=True),
          channels=_factory_channels_fn(first=1, fill_arg=True))
 
 
-def _like_shape(args, kwargs):
+def _like_shape(op):
+    args, kwargs = op.args, op.kwargs
     x = args[0]
     return TSpec(shp(x), _dtype(kwargs, x.dtype))
 
 
 def _like_channels_fn(zero):
-    def channels(an, node, args, kwargs):
+    def channels(an, op):
+        args = op.args
         x = args[0]
         return TInfo(x.exprs, zero, x.shape)
     return channels
@@ -115,7 +121,8 @@ for _f in (torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like,
     register(_f, shape=_like_shape, channels=_like_channels_fn(_f in _ZERO_FILL))
 
 
-def _arange_shape(args, kwargs):
+def _arange_shape(op):
+    args, kwargs = op.args, op.kwargs
     a = [v(x) for x in args]
     if len(a) == 1:
         start, end, step = 0, a[0], 1
@@ -128,7 +135,8 @@ def _arange_shape(args, kwargs):
     return TSpec([n], dt)
 
 
-def _fixed_channels(an, node, args, kwargs):
+def _fixed_channels(an, op):
+    node, args, kwargs = op.node, op.args, op.kwargs
     for a in list(args) + list(kwargs.values()):
         if isinstance(a, SizeV):
             for e in a.exprs:
@@ -137,8 +145,8 @@ def _fixed_channels(an, node, args, kwargs):
 
 
 register(torch.arange, shape=_arange_shape, channels=_fixed_channels)
-register(torch.linspace, shape=lambda a, k: TSpec([int(v(a[2]) if len(a) > 2 else v(k["steps"]))],
-                                                  k.get("dtype") or torch.get_default_dtype()),
+register(torch.linspace, shape=lambda op: TSpec([int(v(op.args[2]) if len(op.args) > 2 else v(op.kwargs["steps"]))],
+                                                  op.kwargs.get("dtype") or torch.get_default_dtype()),
          channels=_fixed_channels)
 
 __all__ = ["F1"]

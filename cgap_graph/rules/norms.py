@@ -15,16 +15,8 @@ from torch import nn
 
 from cgap_graph.ir.expr import product
 from cgap_graph.ir.values import TInfo
-from cgap_graph.rules.registry import TSpec, register
-from cgap_graph.rules.util import shp, v
-
-
-def _same_shape_mod(mod, args, kwargs):
-    return TSpec(shp(args[0]), args[0].dtype)
-
-
-def _same_shape(args, kwargs):
-    return TSpec(shp(args[0]), args[0].dtype)
+from cgap_graph.rules.registry import Call, register
+from cgap_graph.rules.util import same_shape, v
 
 
 def _stats_note(an, e, what: str) -> None:
@@ -48,26 +40,29 @@ def _bn_like_channels(an, node, mod, args, kwargs, cdim: int):
     return TInfo(x.exprs, affine, x.shape)
 
 
-def _bn_channels(an, node, mod, args, kwargs):
+def _bn_channels(an, op):
+    node, mod, args, kwargs = op.node, op.module, op.args, op.kwargs
     x = args[0]
     if x.ndim < 2:
         raise ValueError("BatchNorm needs a batched input")
     return _bn_like_channels(an, node, mod, args, kwargs, 1)
 
 
-def _in_channels(an, node, mod, args, kwargs):
+def _in_channels(an, op):
+    node, mod, args, kwargs = op.node, op.module, op.args, op.kwargs
     x = args[0]
     nsp = {nn.InstanceNorm1d: 1, nn.InstanceNorm2d: 2, nn.InstanceNorm3d: 3}.get(type(mod), x.ndim - 2)
     return _bn_like_channels(an, node, mod, args, kwargs, x.ndim - nsp - 1)
 
 
-register(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, shape=_same_shape_mod,
+register(nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, shape=same_shape,
          channels=_bn_channels)
-register(nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, shape=_same_shape_mod, channels=_in_channels)
+register(nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, shape=same_shape, channels=_in_channels)
 
 
 # ---- cross-channel norms ------------------------------------------------------------------------
-def _ln_channels(an, node, mod, args, kwargs):
+def _ln_channels(an, op):
+    node, mod, args = op.node, op.module, op.args
     x = args[0]
     key = node.target
     k = len(mod.normalized_shape)
@@ -82,10 +77,11 @@ def _ln_channels(an, node, mod, args, kwargs):
                  (isinstance(mod, nn.RMSNorm) or mod._parameters.get("bias") is not None), x.shape)
 
 
-register(nn.LayerNorm, nn.RMSNorm, shape=_same_shape_mod, channels=_ln_channels)
+register(nn.LayerNorm, nn.RMSNorm, shape=same_shape, channels=_ln_channels)
 
 
-def _gn_channels(an, node, mod, args, kwargs):
+def _gn_channels(an, op):
+    node, mod, args = op.node, op.module, op.args
     x = args[0]
     key = node.target
     c = x.exprs[1]
@@ -102,20 +98,22 @@ def _gn_channels(an, node, mod, args, kwargs):
     return TInfo(x.exprs, mod.affine, x.shape)
 
 
-register(nn.GroupNorm, shape=_same_shape_mod, channels=_gn_channels)
+register(nn.GroupNorm, shape=same_shape, channels=_gn_channels)
 
 
-def _lrn_channels(an, node, mod, args, kwargs):
+def _lrn_channels(an, op):
+    node, args = op.node, op.args
     x = args[0]
     _stats_note(an, x.exprs[1], f"LocalResponseNorm '{node.target}'")
     return TInfo(x.exprs, False, x.shape)
 
 
-register(nn.LocalResponseNorm, shape=_same_shape_mod, channels=_lrn_channels)
+register(nn.LocalResponseNorm, shape=same_shape, channels=_lrn_channels)
 
 
 # ---- functional forms ---------------------------------------------------------------------------------
-def _f_bn_channels(an, node, args, kwargs):
+def _f_bn_channels(an, op):
+    args, kwargs = op.args, op.kwargs
     names = ["input", "running_mean", "running_var", "weight", "bias"]
     vals = dict(zip(names, args))
     vals.update({k: kwargs[k] for k in names if k in kwargs})
@@ -128,7 +126,8 @@ def _f_bn_channels(an, node, args, kwargs):
     return TInfo(x.exprs, isinstance(vals.get("weight"), TInfo) and isinstance(vals.get("bias"), TInfo), x.shape)
 
 
-def _f_in_channels(an, node, args, kwargs):
+def _f_in_channels(an, op):
+    args, kwargs = op.args, op.kwargs
     names = ["input", "running_mean", "running_var", "weight", "bias"]
     vals = dict(zip(names, args))
     vals.update({k: kwargs[k] for k in names if k in kwargs})
@@ -141,7 +140,8 @@ def _f_in_channels(an, node, args, kwargs):
     return TInfo(x.exprs, isinstance(vals.get("weight"), TInfo) and isinstance(vals.get("bias"), TInfo), x.shape)
 
 
-def _f_ln_channels(an, node, args, kwargs):
+def _f_ln_channels(an, op):
+    node, args, kwargs = op.node, op.args, op.kwargs
     names = ["input", "normalized_shape", "weight", "bias"]
     vals = dict(zip(names, args))
     vals.update({k: kwargs[k] for k in names if k in kwargs})
@@ -168,14 +168,16 @@ def _f_ln_channels(an, node, args, kwargs):
     return TInfo(x.exprs, isinstance(vals.get("weight"), TInfo), x.shape)
 
 
-def _f_rms_channels(an, node, args, kwargs):
+def _f_rms_channels(an, op):
+    node, args, kwargs = op.node, op.args, op.kwargs
     names = ["input", "normalized_shape", "weight"]
     vals = dict(zip(names, args))
     vals.update({k: kwargs[k] for k in names if k in kwargs})
-    return _f_ln_channels(an, node, (vals["input"], vals["normalized_shape"], vals.get("weight")), {})
+    return _f_ln_channels(an, Call((vals["input"], vals["normalized_shape"], vals.get("weight")), {}, node=node))
 
 
-def _f_gn_channels(an, node, args, kwargs):
+def _f_gn_channels(an, op):
+    node, args, kwargs = op.node, op.args, op.kwargs
     names = ["input", "num_groups", "weight", "bias"]
     vals = dict(zip(names, args))
     vals.update({k: kwargs[k] for k in names if k in kwargs})
@@ -199,7 +201,8 @@ def _f_gn_channels(an, node, args, kwargs):
     return TInfo(x.exprs, isinstance(vals.get("weight"), TInfo) and isinstance(vals.get("bias"), TInfo), x.shape)
 
 
-def _f_normalize_channels(an, node, args, kwargs):
+def _f_normalize_channels(an, op):
+    args, kwargs = op.args, op.kwargs
     x = args[0]
     dim = v(args[2]) if len(args) > 2 else v(kwargs.get("dim", 1))
     d = dim % x.ndim
@@ -207,11 +210,11 @@ def _f_normalize_channels(an, node, args, kwargs):
     return TInfo(x.exprs, x.zm, x.shape)
 
 
-register(F.batch_norm, shape=_same_shape, channels=_f_bn_channels)
-register(F.instance_norm, shape=_same_shape, channels=_f_in_channels)
-register(F.layer_norm, shape=_same_shape, channels=_f_ln_channels)
-register(F.rms_norm, shape=_same_shape, channels=_f_rms_channels)
-register(F.group_norm, shape=_same_shape, channels=_f_gn_channels)
-register(F.normalize, shape=_same_shape, channels=_f_normalize_channels)
+register(F.batch_norm, shape=same_shape, channels=_f_bn_channels)
+register(F.instance_norm, shape=same_shape, channels=_f_in_channels)
+register(F.layer_norm, shape=same_shape, channels=_f_ln_channels)
+register(F.rms_norm, shape=same_shape, channels=_f_rms_channels)
+register(F.group_norm, shape=same_shape, channels=_f_gn_channels)
+register(F.normalize, shape=same_shape, channels=_f_normalize_channels)
 
 __all__ = ["torch"]

@@ -17,7 +17,7 @@ from torch import nn
 from cgap_graph.ir.expr import product
 from cgap_graph.ir.values import TInfo
 from cgap_graph.rules.registry import TSpec, register
-from cgap_graph.rules.util import shp, v
+from cgap_graph.rules.util import same_shape, shp, v
 
 
 def _tuple(x, n):
@@ -60,7 +60,8 @@ def _nsp_of(mod) -> int:
     return 2
 
 
-def _mod_pool_shape(mod, args, kwargs):
+def _mod_pool_shape(op):
+    mod, args = op.module, op.args
     x = args[0]
     nsp = _nsp_of(mod)
     if isinstance(mod, (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
@@ -83,7 +84,8 @@ def pooled(an, node, x: TInfo, nsp: int, out_shape) -> TInfo:
     return TInfo(exprs, x.zm, tuple(out_shape))
 
 
-def _mod_pool_channels(an, node, mod, args, kwargs):
+def _mod_pool_channels(an, op):
+    node, mod, args = op.node, op.module, op.args
     x = args[0]
     shape = node.meta["shape"]
     if getattr(mod, "return_indices", False):
@@ -108,7 +110,8 @@ def _f_pool(nsp, adaptive=False, avg=False):
         vals.update({k: kwargs[k] for k in kwargs if k in names})
         return vals
 
-    def shape(args, kwargs):
+    def shape(op):
+        args, kwargs = op.args, op.kwargs
         a = parse(args, kwargs)
         x = a["input"]
         if adaptive:
@@ -121,7 +124,8 @@ def _f_pool(nsp, adaptive=False, avg=False):
             return (spec, TSpec(out, torch.int64))
         return spec
 
-    def channels(an, node, args, kwargs):
+    def channels(an, op):
+        node, args, kwargs = op.node, op.args, op.kwargs
         a = parse(args, kwargs)
         shape_ = node.meta["shape"]
         if v(a.get("return_indices", False)):
@@ -152,24 +156,28 @@ def _interp_out(in_shape, size, scale):
     return (*in_shape[:2], *out)
 
 
-def _f_interp_shape(args, kwargs):
+def _f_interp_shape(op):
+    args, kwargs = op.args, op.kwargs
     x = args[0]
     size = v(args[1]) if len(args) > 1 else v(kwargs.get("size"))
     scale = v(args[2]) if len(args) > 2 else v(kwargs.get("scale_factor"))
     return TSpec(_interp_out(shp(x), size, scale), x.dtype)
 
 
-def _f_interp_channels(an, node, args, kwargs):
+def _f_interp_channels(an, op):
+    node, args = op.node, op.args
     x = args[0]
     return pooled(an, node, x, x.ndim - 2, node.meta["shape"])
 
 
-def _mod_upsample_shape(mod, args, kwargs):
+def _mod_upsample_shape(op):
+    mod, args = op.module, op.args
     x = args[0]
     return TSpec(_interp_out(shp(x), mod.size, mod.scale_factor), x.dtype)
 
 
-def _mod_upsample_channels(an, node, mod, args, kwargs):
+def _mod_upsample_channels(an, op):
+    node, args = op.node, op.args
     x = args[0]
     return pooled(an, node, x, x.ndim - 2, node.meta["shape"])
 
@@ -210,15 +218,16 @@ def pixel_shuffled(an, node, x: TInfo, r: int, inverse: bool) -> TInfo:
     return TInfo(exprs, x.zm, out_shape)
 
 
-register(nn.PixelShuffle, shape=lambda m, a, k: _pixel_shuffle_shape_r(a[0], m.upscale_factor, False),
-         channels=lambda an, n, m, a, k: pixel_shuffled(an, n, a[0], m.upscale_factor, False))
-register(nn.PixelUnshuffle, shape=lambda m, a, k: _pixel_shuffle_shape_r(a[0], m.downscale_factor, True),
-         channels=lambda an, n, m, a, k: pixel_shuffled(an, n, a[0], m.downscale_factor, True))
-register(F.pixel_shuffle, torch.pixel_shuffle, shape=lambda a, k: _pixel_shuffle_shape_r(a[0], v(a[1]), False),
-         channels=lambda an, n, a, k: pixel_shuffled(an, n, a[0], v(a[1]), False))
+register(nn.PixelShuffle, shape=lambda op: _pixel_shuffle_shape_r(op.args[0], op.module.upscale_factor, False),
+         channels=lambda an, op: pixel_shuffled(an, op.node, op.args[0], op.module.upscale_factor, False))
+register(nn.PixelUnshuffle, shape=lambda op: _pixel_shuffle_shape_r(op.args[0], op.module.downscale_factor, True),
+         channels=lambda an, op: pixel_shuffled(an, op.node, op.args[0], op.module.downscale_factor, True))
+register(F.pixel_shuffle, torch.pixel_shuffle,
+         shape=lambda op: _pixel_shuffle_shape_r(op.args[0], v(op.args[1]), False),
+         channels=lambda an, op: pixel_shuffled(an, op.node, op.args[0], v(op.args[1]), False))
 register(F.pixel_unshuffle, torch.pixel_unshuffle,
-         shape=lambda a, k: _pixel_shuffle_shape_r(a[0], v(a[1]), True),
-         channels=lambda an, n, a, k: pixel_shuffled(an, n, a[0], v(a[1]), True))
+         shape=lambda op: _pixel_shuffle_shape_r(op.args[0], v(op.args[1]), True),
+         channels=lambda an, op: pixel_shuffled(an, op.node, op.args[0], v(op.args[1]), True))
 
 
 def channel_shuffled(an, node, x: TInfo, g: int) -> tuple[TInfo, object]:
@@ -228,13 +237,15 @@ def channel_shuffled(an, node, x: TInfo, g: int) -> tuple[TInfo, object]:
     return TInfo(exprs, x.zm, node.meta["shape"]), G
 
 
-def _mod_channel_shuffle(an, node, mod, args, kwargs):
+def _mod_channel_shuffle(an, op):
+    node, mod, args = op.node, op.module, op.args
     out, G = channel_shuffled(an, node, args[0], mod.groups)
     an.attr(node.target, "groups", G)
     return out
 
 
-def _f_channel_shuffle(an, node, args, kwargs):
+def _f_channel_shuffle(an, op):
+    node, args, kwargs = op.node, op.args, op.kwargs
     g = int(v(args[1] if len(args) > 1 else kwargs["groups"]))
     out, G = channel_shuffled(an, node, args[0], g)
     if an.spaces_in(G):
@@ -245,6 +256,6 @@ def _f_channel_shuffle(an, node, args, kwargs):
     return out
 
 
-register(nn.ChannelShuffle, shape=lambda m, a, k: TSpec(shp(a[0]), a[0].dtype), channels=_mod_channel_shuffle)
+register(nn.ChannelShuffle, shape=same_shape, channels=_mod_channel_shuffle)
 register(F.channel_shuffle, torch.channel_shuffle, torch.native_channel_shuffle,
-         shape=lambda a, k: TSpec(shp(a[0]), a[0].dtype), channels=_f_channel_shuffle)
+         shape=same_shape, channels=_f_channel_shuffle)

@@ -15,7 +15,7 @@ from torch import nn
 from cgap_graph.ir.values import TInfo
 from cgap_graph.rules.elementwise import _add_like, _bcast_shape
 from cgap_graph.rules.registry import NamedSpecs, TSpec, norm_dim, register
-from cgap_graph.rules.util import is_tensor, shp, v
+from cgap_graph.rules.util import is_tensor, same_shape, shp, v
 
 # function -> (name of its dim argument, position of dim, position of keepdim)
 _REDUCE = {
@@ -46,10 +46,11 @@ def _reduced_dims(dim, ndim):
 
 
 def _reduce_shape_fn(name):
-    def shape(args, kwargs):
+    def shape(op):
+        args, kwargs = op.args, op.kwargs
         x = args[0]
         if name in ("max", "min") and len(args) > 1 and is_tensor(args[1]):
-            return _bcast_shape(args, kwargs)  # torch.max(a, b): element-wise
+            return _bcast_shape(op)  # torch.max(a, b): element-wise
         dim, keep = _parse(name, args, kwargs)
         s = shp(x)
         dims = _reduced_dims(dim, len(s))
@@ -67,10 +68,11 @@ def _reduce_shape_fn(name):
 
 
 def _reduce_channels_fn(name):
-    def channels(an, node, args, kwargs):
+    def channels(an, op):
+        node, args, kwargs = op.node, op.args, op.kwargs
         x = args[0]
         if name in ("max", "min") and len(args) > 1 and isinstance(args[1], TInfo):
-            return _add_like(an, node, args, kwargs)
+            return _add_like(an, op)
         dim, keep = _parse(name, args, kwargs)
         dims = _reduced_dims(dim, x.ndim)
         for d in dims:
@@ -102,11 +104,13 @@ def _softmax_dim(args, kwargs):
     return v(args[1]) if len(args) > 1 else v(kwargs.get("dim"))
 
 
-def _softmax_shape(args, kwargs):
+def _softmax_shape(op):
+    args = op.args
     return TSpec(shp(args[0]), args[0].dtype)
 
 
-def _softmax_channels(an, node, args, kwargs):
+def _softmax_channels(an, op):
+    args, kwargs = op.args, op.kwargs
     x = args[0]
     dim = _softmax_dim(args, kwargs)
     d = norm_dim(dim if dim is not None else -1, x.ndim)
@@ -118,18 +122,20 @@ register(F.softmax, F.log_softmax, torch.softmax, torch.log_softmax, "softmax", 
          shape=_softmax_shape, channels=_softmax_channels)
 
 
-def _mod_softmax_channels(an, node, mod, args, kwargs):
+def _mod_softmax_channels(an, op):
+    mod, args = op.module, op.args
     x = args[0]
     d = norm_dim(mod.dim if mod.dim is not None else -1, x.ndim)
     an.note(x.exprs[d], f"{an.where()} normalises across these channels")
     return TInfo(x.exprs, False, x.shape)
 
 
-register(nn.Softmax, nn.LogSoftmax, shape=lambda m, a, k: TSpec(shp(a[0]), a[0].dtype),
+register(nn.Softmax, nn.LogSoftmax, shape=same_shape,
          channels=_mod_softmax_channels)
 
 
-def _cum_channels(an, node, args, kwargs):
+def _cum_channels(an, op):
+    args, kwargs = op.args, op.kwargs
     x = args[0]
     d = norm_dim(v(args[1]) if len(args) > 1 else v(kwargs["dim"]), x.ndim)
     if x.exprs[d][0] != "F":

@@ -16,11 +16,10 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from cgap_graph.ir import analysis as A
 from cgap_graph.ir.expr import product
 from cgap_graph.ir.values import TInfo
-from cgap_graph.rules.registry import TSpec, norm_dim, register
-from cgap_graph.rules.util import F1, is_tensor, shp, v
+from cgap_graph.rules.registry import TSpec, add_traits, norm_dim, register
+from cgap_graph.rules.util import F1, is_tensor, same_shape, shp, v
 
 
 # ---- shapes ---------------------------------------------------------------------------------
@@ -50,7 +49,8 @@ def _sizes_from_args(rest, kwargs):
     return []
 
 
-def _view_shape(args, kwargs):
+def _view_shape(op):
+    args, kwargs = op.args, op.kwargs
     x = args[0]
     return TSpec(_infer(shp(x), _sizes_from_args(args[1:], kwargs)), x.dtype)
 
@@ -63,14 +63,16 @@ def _flatten_out(shape, start, end):
     return list(shape[:start]) + [math.prod(shape[start:end + 1])] + list(shape[end + 1:])
 
 
-def _flatten_shape(args, kwargs):
+def _flatten_shape(op):
+    args, kwargs = op.args, op.kwargs
     x = args[0]
     start = v(args[1]) if len(args) > 1 else kwargs.get("start_dim", 0)
     end = v(args[2]) if len(args) > 2 else kwargs.get("end_dim", -1)
     return TSpec(_flatten_out(shp(x), start, end), x.dtype)
 
 
-def _mod_flatten_shape(mod, args, kwargs):
+def _mod_flatten_shape(op):
+    mod, args = op.module, op.args
     return TSpec(_flatten_out(shp(args[0]), mod.start_dim, mod.end_dim), args[0].dtype)
 
 
@@ -80,14 +82,16 @@ def _unflatten_out(shape, dim, sizes):
     return list(shape[:dim]) + sizes + list(shape[dim + 1:])
 
 
-def _unflatten_shape(args, kwargs):
+def _unflatten_shape(op):
+    args, kwargs = op.args, op.kwargs
     x = args[0]
     dim = v(args[1]) if len(args) > 1 else kwargs["dim"]
     sizes = args[2] if len(args) > 2 else kwargs["sizes"]
     return TSpec(_unflatten_out(shp(x), dim, sizes), x.dtype)
 
 
-def _mod_unflatten_shape(mod, args, kwargs):
+def _mod_unflatten_shape(op):
+    mod, args = op.module, op.args
     return TSpec(_unflatten_out(shp(args[0]), mod.dim, mod.unflattened_size), args[0].dtype)
 
 
@@ -99,14 +103,16 @@ def _squeeze_dims(shape, dim):
     return [d for d in (norm_dim(d, len(shape)) for d in dims) if shape[d] == 1]
 
 
-def _squeeze_shape(args, kwargs):
+def _squeeze_shape(op):
+    args, kwargs = op.args, op.kwargs
     x = args[0]
     dim = args[1] if len(args) > 1 else kwargs.get("dim")
     drop = set(_squeeze_dims(shp(x), dim))
     return TSpec([s for i, s in enumerate(shp(x)) if i not in drop], x.dtype)
 
 
-def _unsqueeze_shape(args, kwargs):
+def _unsqueeze_shape(op):
+    args, kwargs = op.args, op.kwargs
     x = args[0]
     dim = v(args[1]) if len(args) > 1 else v(kwargs["dim"])
     s = list(shp(x))
@@ -120,7 +126,8 @@ def _perm_from(args, kwargs, n):
     return [norm_dim(d, n) for d in v(dims)]
 
 
-def _permute_shape(args, kwargs):
+def _permute_shape(op):
+    args, kwargs = op.args, op.kwargs
     x = args[0]
     p = _perm_from(args, kwargs, len(shp(x)))
     return TSpec([shp(x)[d] for d in p], x.dtype)
@@ -135,7 +142,8 @@ def _transpose_perm(args, kwargs, n):
     return p
 
 
-def _transpose_shape(args, kwargs):
+def _transpose_shape(op):
+    args, kwargs = op.args, op.kwargs
     x = args[0]
     p = _transpose_perm(args, kwargs, len(shp(x)))
     return TSpec([shp(x)[d] for d in p], x.dtype)
@@ -145,7 +153,8 @@ def _t_perm(n):
     return [1, 0] if n == 2 else list(range(n))
 
 
-def _t_shape(args, kwargs):
+def _t_shape(op):
+    args = op.args
     x = args[0]
     return TSpec([shp(x)[d] for d in _t_perm(len(shp(x)))], x.dtype)
 
@@ -162,7 +171,8 @@ def _movedim_perm(args, kwargs, n):
     return [o if o is not None else next(rest) for o in order]
 
 
-def _movedim_shape(args, kwargs):
+def _movedim_shape(op):
+    args, kwargs = op.args, op.kwargs
     x = args[0]
     p = _movedim_perm(args, kwargs, len(shp(x)))
     return TSpec([shp(x)[d] for d in p], x.dtype)
@@ -187,12 +197,14 @@ def _expand_out(shape, sizes):
     return out
 
 
-def _expand_shape(args, kwargs):
+def _expand_shape(op):
+    args, kwargs = op.args, op.kwargs
     x = args[0]
     return TSpec(_expand_out(shp(x), _expand_sizes(args, kwargs)), x.dtype)
 
 
-def _repeat_shape(args, kwargs):
+def _repeat_shape(op):
+    args, kwargs = op.args, op.kwargs
     x = args[0]
     reps = [int(r) for r in v(_sizes_from_args(args[1:], kwargs))]
     s = [1] * (len(reps) - len(shp(x))) + list(shp(x))
@@ -285,7 +297,8 @@ def _size_arg_paths(node: fx.Node, first: int = 1):
     return [], []
 
 
-def _view_channels(an, node, args, kwargs):
+def _view_channels(an, op):
+    node, args = op.node, op.args
     x = args[0]
     out_shape = node.meta["shape"]
     exprs = reshape_exprs(an, x, out_shape)
@@ -295,17 +308,19 @@ def _view_channels(an, node, args, kwargs):
     return TInfo(tuple(exprs), x.zm, out_shape)
 
 
-def _reshape_only_channels(an, node, args, kwargs):
+def _reshape_only_channels(an, op):
+    node, args = op.node, op.args
     x = args[0]
     out_shape = node.meta["shape"]
     return TInfo(tuple(reshape_exprs(an, x, out_shape)), x.zm, out_shape)
 
 
-def _mod_reshape_channels(an, node, mod, args, kwargs):
-    return _reshape_only_channels(an, node, args, kwargs)
+def _mod_reshape_channels(an, op):
+    return _reshape_only_channels(an, op)
 
 
-def _unflatten_channels(an, node, args, kwargs):
+def _unflatten_channels(an, op):
+    node, args = op.node, op.args
     x = args[0]
     out_shape = node.meta["shape"]
     exprs = reshape_exprs(an, x, out_shape)
@@ -316,7 +331,8 @@ def _unflatten_channels(an, node, args, kwargs):
     return TInfo(tuple(exprs), x.zm, out_shape)
 
 
-def _mod_unflatten_channels(an, node, mod, args, kwargs):
+def _mod_unflatten_channels(an, op):
+    node, mod, args = op.node, op.module, op.args
     x = args[0]
     out_shape = node.meta["shape"]
     exprs = reshape_exprs(an, x, out_shape)
@@ -326,7 +342,8 @@ def _mod_unflatten_channels(an, node, mod, args, kwargs):
     return TInfo(tuple(exprs), x.zm, out_shape)
 
 
-def _squeeze_channels(an, node, args, kwargs):
+def _squeeze_channels(an, op):
+    args, kwargs = op.args, op.kwargs
     x = args[0]
     dim = args[1] if len(args) > 1 else kwargs.get("dim")
     drop = set(_squeeze_dims(x.shape, dim))
@@ -337,7 +354,8 @@ def _squeeze_channels(an, node, args, kwargs):
     return TInfo(tuple(x.exprs[i] for i in keep), x.zm, tuple(x.shape[i] for i in keep))
 
 
-def _unsqueeze_channels(an, node, args, kwargs):
+def _unsqueeze_channels(an, op):
+    args, kwargs = op.args, op.kwargs
     x = args[0]
     dim = norm_dim(v(args[1]) if len(args) > 1 else v(kwargs["dim"]), x.ndim + 1)
     e, s = list(x.exprs), list(x.shape)
@@ -350,23 +368,28 @@ def _permuted(x: TInfo, p) -> TInfo:
     return TInfo(tuple(x.exprs[d] for d in p), x.zm, tuple(x.shape[d] for d in p))
 
 
-def _permute_channels(an, node, args, kwargs):
+def _permute_channels(an, op):
+    args, kwargs = op.args, op.kwargs
     return _permuted(args[0], _perm_from(args, kwargs, args[0].ndim))
 
 
-def _transpose_channels(an, node, args, kwargs):
+def _transpose_channels(an, op):
+    args, kwargs = op.args, op.kwargs
     return _permuted(args[0], _transpose_perm(args, kwargs, args[0].ndim))
 
 
-def _t_channels(an, node, args, kwargs):
+def _t_channels(an, op):
+    args = op.args
     return _permuted(args[0], _t_perm(args[0].ndim))
 
 
-def _movedim_channels(an, node, args, kwargs):
+def _movedim_channels(an, op):
+    args, kwargs = op.args, op.kwargs
     return _permuted(args[0], _movedim_perm(args, kwargs, args[0].ndim))
 
 
-def _expand_channels(an, node, args, kwargs):
+def _expand_channels(an, op):
+    node, args = op.node, op.args
     x = args[0]
     out_shape = node.meta["shape"]
     lead = len(out_shape) - x.ndim
@@ -390,7 +413,8 @@ def _expand_channels(an, node, args, kwargs):
     return TInfo(tuple(exprs), x.zm, out_shape)
 
 
-def _expand_as_channels(an, node, args, kwargs):
+def _expand_as_channels(an, op):
+    node, args = op.node, op.args
     x, other = args[0], args[1]
     out_shape = node.meta["shape"]
     lead = len(out_shape) - x.ndim
@@ -408,11 +432,13 @@ def _expand_as_channels(an, node, args, kwargs):
     return TInfo(tuple(exprs), x.zm, out_shape)
 
 
-def _expand_as_shape(args, kwargs):
+def _expand_as_shape(op):
+    args = op.args
     return TSpec(shp(args[1]), args[0].dtype)
 
 
-def _repeat_channels(an, node, args, kwargs):
+def _repeat_channels(an, op):
+    node, args, kwargs = op.node, op.args, op.kwargs
     x = args[0]
     out_shape = node.meta["shape"]
     reps = [int(r) for r in v(_sizes_from_args(args[1:], kwargs))]
@@ -431,8 +457,9 @@ def _repeat_channels(an, node, args, kwargs):
     return TInfo(tuple(exprs), x.zm, out_shape)
 
 
-def _reorder_freeze_channels(an, node, args, kwargs):
+def _reorder_freeze_channels(an, op):
     """flip/roll: positions along the named dims move; freeze channel dims among them."""
+    node, args, kwargs = op.node, op.args, op.kwargs
     x = args[0]
     dims = args[2] if node.target in ("roll", torch.roll) and len(args) > 2 else (
         args[1] if len(args) > 1 else kwargs.get("dims"))
@@ -444,11 +471,13 @@ def _reorder_freeze_channels(an, node, args, kwargs):
     return TInfo(x.exprs, x.zm, x.shape)
 
 
-A._DATA_MOVEMENT_FUNCS.update({torch.reshape, torch.flatten, torch.unflatten, torch.squeeze, torch.unsqueeze,
-                               torch.permute, torch.transpose, torch.swapaxes, torch.swapdims, torch.t,
-                               torch.movedim, torch.moveaxis})
+add_traits(torch.reshape, torch.flatten, torch.unflatten, torch.squeeze, torch.unsqueeze, torch.permute,
+           torch.transpose, torch.swapaxes, torch.swapdims, torch.t, torch.movedim, torch.moveaxis,
+           "view", "reshape", "transpose", "permute", "contiguous", "flatten", "unflatten", "squeeze", "unsqueeze",
+           "to", "float", "half", "double", "bfloat16", "type_as", "clone", "detach", "movedim", "swapaxes", "t",
+           "expand", "expand_as", traits=("data_movement",))
 register("view", "reshape", torch.reshape, shape=_view_shape, channels=_view_channels)
-register("view_as", "reshape_as", shape=lambda a, k: TSpec(shp(a[1]), a[0].dtype),
+register("view_as", "reshape_as", shape=lambda op: TSpec(shp(op.args[1]), op.args[0].dtype),
          channels=_reshape_only_channels)
 register(torch.flatten, "flatten", shape=_flatten_shape, channels=_reshape_only_channels)
 register(nn.Flatten, shape=_mod_flatten_shape, channels=_mod_reshape_channels)
@@ -464,7 +493,7 @@ register(torch.movedim, torch.moveaxis, "movedim", "moveaxis", shape=_movedim_sh
 register("expand", torch.broadcast_to, "broadcast_to", shape=_expand_shape, channels=_expand_channels)
 register("expand_as", shape=_expand_as_shape, channels=_expand_as_channels)
 register("repeat", shape=_repeat_shape, channels=_repeat_channels)
-register(torch.flip, "flip", torch.roll, "roll", shape=lambda a, k: TSpec(shp(a[0]), a[0].dtype),
+register(torch.flip, "flip", torch.roll, "roll", shape=same_shape,
          channels=_reorder_freeze_channels)
 
 __all__ = ["reshape_exprs", "size_arg_slots", "is_tensor"]

@@ -8,7 +8,7 @@ import torch
 
 from cgap_graph.ir.symbolic import SymShape, SymTensor, SymValue
 from cgap_graph.ir.values import SizeV
-from cgap_graph.rules.registry import TSpec
+from cgap_graph.rules.registry import Call, TSpec
 
 F1 = ("F", 1)
 
@@ -70,6 +70,12 @@ def result_dtype(*xs: Any) -> torch.dtype:
 
 def spec_like(x: Any, dtype: torch.dtype | None = None) -> TSpec:
     return TSpec(shp(x), dtype or x.dtype)
+
+
+def same_shape(op: Call) -> TSpec:
+    """Shape rule of an op whose output is shaped like its first input."""
+    x = op.args[0]
+    return TSpec(shp(x), x.dtype)
 
 
 # ---- channel side -------------------------------------------------------------------------------

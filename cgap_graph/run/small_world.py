@@ -156,7 +156,7 @@ def train_small_world(model: nn.Module | None, input_shape: Sequence[int], datas
     else:
         settings = _settings(density, p, exclude, topology, prune_rate, saliency, finetune_epochs, finetune_lr,
                              seed, allocation, rescale_init, cfg, input_shape, dataset, model)
-        check_run_dir(out, _FILES, inputs, resume=False, overwrite=overwrite)
+        check_run_dir(out, _FILES, inputs, resume=False, overwrite=overwrite, create=False)
         masks, model = _start(out, model, settings, data_dir, console if progress else None)
     meta = {**(meta or {}), "small_world": {k: settings[k] for k in ("density", "p_chosen", "topology", "exclude")}}
     run = _Run(out, settings, TrainConfig(**settings["config"]).validate(), settings["dataset"], data_dir, console,

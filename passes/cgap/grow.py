@@ -54,8 +54,9 @@ def check_rates(**rates: float) -> None:
 
 def check_growth(beta: float, sigma: float, mu: float) -> None:
     """Growth settings in range: beta > 1 is allowed and gives units several copies."""
-    check_number("beta", beta, 0.0, MAX_BETA, lo_open=True,
-                 meaning="the growth ratio: round(beta x width) new units per group; above 1 a unit gets several copies")
+    check_number("beta", beta, 0.0, lo_open=True, meaning="the growth ratio: round(beta x width) new units per group")
+    check_number("beta", beta, hi=MAX_BETA, meaning="above 1 a unit gets several copies; more multiplies widths "
+                 "beyond any use")
     check_number("sigma", sigma, 0.0, lo_open=True, meaning="the scaling factor of Eq. 5-10, paper: 0.5")
     check_number("mu", mu, 0.0, meaning="the noise range U(-mu, mu), paper: 0.1")
 
