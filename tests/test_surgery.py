@@ -141,7 +141,7 @@ def test_bad_selections_are_refused_and_change_nothing():
 
 
 def test_failed_validation_rolls_back(monkeypatch):
-    import cgap_graph.surgery as S
+    import cgap_graph.surgery.select as S
     model = zoo.build("lenet5").eval()
     x = torch.randn(2, 1, 28, 28)
     g = cg.trace(model, (1, 1, 28, 28))
@@ -151,7 +151,7 @@ def test_failed_validation_rolls_back(monkeypatch):
     def boom(_):
         raise RuntimeError("simulated validation failure")
 
-    monkeypatch.setattr(S, "_validate", boom)
+    monkeypatch.setattr(S, "validate_graph", boom)
     with pytest.raises(SurgeryError, match="simulated"):
         apply_selection(g, {conv2.id: list(range(10))})
     assert g.module.conv2.out_channels == 50 and g.module.fc1.in_features == 800

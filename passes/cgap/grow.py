@@ -32,7 +32,14 @@ from torch import nn
 from cgap_graph.errors import CgapError, check_number
 from cgap_graph.ir.graph import ChannelGraph
 from cgap_graph.passes.cgap.saliency import Saliency
-from cgap_graph.surgery import INITIALIZERS, SlotChange, SurgeryContext, SurgeryReport, apply_selection
+from cgap_graph.surgery import (
+    SlotChange,
+    SurgeryContext,
+    SurgeryReport,
+    apply_selection,
+    make_initializer,
+    register_initializer,
+)
 
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
 
@@ -115,14 +122,8 @@ def random_init(change: SlotChange, ctx: SurgeryContext) -> torch.Tensor:
     return out
 
 
-def initializer(name: str, sigma: float = 0.5, mu: float = 0.1):
-    if name == "paper":
-        return paper_init(sigma, mu)
-    if name == "random":
-        return random_init
-    if name == "preserve":
-        return INITIALIZERS["preserve"]
-    raise CgapError(f"--init must be paper, preserve or random, got '{name}'")
+register_initializer("paper", lambda sigma=0.5, mu=0.1, **_: paper_init(sigma, mu))
+register_initializer("random", lambda **_: random_init)
 
 
 def plan(cg: ChannelGraph, sal: Saliency, beta: float, capacity: Mapping[int, int] | None = None,
@@ -171,5 +172,5 @@ def grow(cg: ChannelGraph, sal: Saliency, beta: float = 0.6, *, init: str = "pap
     picked, skipped = plan(cg, sal, beta, capacity, capacity_mode, exact_only)
     selections = {gid: list(range(cg.group(gid).width)) + units for gid, units in picked.items()}
     rng = torch.Generator().manual_seed(seed)
-    report = apply_selection(cg, selections, initializer(init, sigma, mu), rng=rng)
+    report = apply_selection(cg, selections, make_initializer(init, sigma=sigma, mu=mu), rng=rng)
     return GrowthReport(report, picked, skipped)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from cgap_graph.errors import CgapError
-from cgap_graph.surgery import SurgeryReport, _get_tensor
+from cgap_graph.surgery import SurgeryReport, get_tensor
 
 
 def carry_optimizer(optimizer: torch.optim.Optimizer, module: torch.nn.Module, report: SurgeryReport,
@@ -26,7 +26,7 @@ def carry_optimizer(optimizer: torch.optim.Optimizer, module: torch.nn.Module, r
         params = []
         for p in group["params"]:
             key = old_to_key.get(id(p))
-            params.append(_get_tensor(module, key) if key is not None else p)
+            params.append(get_tensor(module, key) if key is not None else p)
         groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": params})
     new_opt = type(optimizer)(groups, **getattr(optimizer, "defaults", {}))
     for p, state in optimizer.state.items():
@@ -34,7 +34,7 @@ def carry_optimizer(optimizer: torch.optim.Optimizer, module: torch.nn.Module, r
         if key is None:
             new_opt.state[p] = state
             continue
-        new_p = _get_tensor(module, key)
+        new_p = get_tensor(module, key)
         carried = {}
         for name, value in state.items():
             if isinstance(value, torch.Tensor) and value.shape == p.shape:

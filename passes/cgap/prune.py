@@ -28,7 +28,7 @@ from cgap_graph.ir.analysis import Slot
 from cgap_graph.ir.graph import ChannelGraph
 from cgap_graph.passes.cgap.grow import check_rates
 from cgap_graph.passes.cgap.saliency import Saliency, unit_weights, weight_slots
-from cgap_graph.surgery import SurgeryReport, _get_tensor, apply_selection, mask_channels
+from cgap_graph.surgery import SurgeryReport, apply_selection, get_tensor, mask_channels
 from cgap_graph.verify import random_inputs
 
 
@@ -60,7 +60,7 @@ def zero_weights(cg: ChannelGraph, sal: Saliency, rate: float,
     gm = cg.module
     zeroed = total = 0
     for key in sorted({s.key for s in weight_slots(cg)}):
-        w = _get_tensor(gm, key)
+        w = get_tensor(gm, key)
         score = sal.weights[key].to(w.device)
         k = int(layer_rate(key, rate, layer_rates) * w.numel())
         total += w.numel()
@@ -78,7 +78,7 @@ def unit_sparsity(cg: ChannelGraph, gid: int) -> np.ndarray:
     gm = cg.module
     zeros, counts = np.zeros(g.width), np.zeros(g.width)
     for s, ids in unit_weights(cg, gid):
-        w = _get_tensor(gm, s.key).detach()
+        w = get_tensor(gm, s.key).detach()
         flat = w.transpose(0, s.dim).reshape(w.shape[s.dim], -1)
         z = (flat == 0).sum(1).double().cpu().numpy()
         n = np.full(len(z), flat.shape[1], dtype=np.float64)
@@ -98,7 +98,7 @@ def prune(cg: ChannelGraph, sal: Saliency, weight_rate: float = 0.5, unit_rate: 
     ``zero_survivors=False`` the zeroed weights only choose the units to remove: the units that
     stay get their weights back."""
     check_rates(weight_rate=weight_rate, **({"unit_rate": unit_rate} if unit_rate is not None else {}))
-    saved = None if zero_survivors else {k: _get_tensor(cg.module, k).detach().clone()
+    saved = None if zero_survivors else {k: get_tensor(cg.module, k).detach().clone()
                                          for k in {s.key for s in weight_slots(cg)}}
     zeroed, total = zero_weights(cg, sal, weight_rate, layer_rates)
     dead = sparse_units(cg, unit_rate, weight_rate, layer_rates, with_sparsity=target_params is not None)
@@ -107,7 +107,7 @@ def prune(cg: ChannelGraph, sal: Saliency, weight_rate: float = 0.5, unit_rate: 
     if saved is not None:
         with torch.no_grad():
             for k, w in saved.items():
-                _get_tensor(cg.module, k).copy_(w)
+                get_tensor(cg.module, k).copy_(w)
     report = remove_units(cg, dead, fold=fold, shrink=shrink)
     report.weights_zeroed, report.weights_total = zeroed, total
     return report
@@ -146,7 +146,7 @@ def unit_params(cg: ChannelGraph, gid: int) -> float:
         per_unit = int((ids >= 0).sum()) / max(1, g.width)
         if per_unit == 0 or cg.traced.attr_kind.get(s.key, "param") != "param":
             continue
-        w = _get_tensor(cg.module, s.key)
+        w = get_tensor(cg.module, s.key)
         total += per_unit * (w.numel() / w.shape[s.dim])
     return total
 
@@ -213,7 +213,7 @@ def zero_filters(cg: ChannelGraph, dead: dict[int, list[int]]) -> None:
             ids = t.unit_ids(s.expr, g.space)
             pos = np.nonzero(np.isin(ids, units))[0]
             if pos.size:
-                _get_tensor(gm, s.key).index_fill_(s.dim, torch.as_tensor(pos), 0.0)
+                get_tensor(gm, s.key).index_fill_(s.dim, torch.as_tensor(pos), 0.0)
 
 
 def _reader_inputs(cg: ChannelGraph) -> dict[str, torch.Tensor]:

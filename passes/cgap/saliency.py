@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from cgap_graph.errors import CgapError
 from cgap_graph.ir.graph import ChannelGraph
-from cgap_graph.surgery import _get_tensor
+from cgap_graph.surgery import get_tensor
 
 MODES = ("taylor", "magnitude", "random")
 
@@ -68,7 +68,7 @@ def weight_scores(cg: ChannelGraph, data: Iterable | None = None, *, mode: str =
         raise CgapError(f"unknown saliency mode '{mode}'; choose one of {', '.join(MODES)}")
     gm = cg.module
     keys = sorted({s.key for s in weight_slots(cg)})
-    params = {k: _get_tensor(gm, k) for k in keys}
+    params = {k: get_tensor(gm, k) for k in keys}
     if mode == "magnitude":
         return Saliency(mode, {k: p.detach().abs().clone() for k, p in params.items()})
     if mode == "random":

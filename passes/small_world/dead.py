@@ -22,7 +22,7 @@ from cgap_graph.ir.graph import ChannelGraph
 from cgap_graph.passes.cgap.prune import remove_units
 from cgap_graph.passes.cgap.saliency import weight_slots
 from cgap_graph.passes.cgap.seed import group_key
-from cgap_graph.surgery import SurgeryReport, _get_tensor, unit_norms
+from cgap_graph.surgery import SurgeryReport, get_tensor, unit_norms
 
 
 @dataclass
@@ -46,7 +46,7 @@ def _weight_norms(cg: ChannelGraph, gid: int, role: str) -> tuple[np.ndarray, in
         if (ids < 0).all():
             continue
         slots += 1
-        w = _get_tensor(cg.module, s.key).detach()
+        w = get_tensor(cg.module, s.key).detach()
         per_pos = w.abs().transpose(0, s.dim).reshape(w.shape[s.dim], -1).sum(1).double().cpu().numpy()
         keep = ids >= 0
         np.add.at(total, ids[keep], per_pos[keep])
@@ -70,7 +70,7 @@ def _unfoldable_readers(cg: ChannelGraph, gid: int) -> np.ndarray:
         if not padded:
             continue
         ids = t.unit_ids(s.expr, g.space)
-        w = _get_tensor(cg.module, s.key).detach()
+        w = get_tensor(cg.module, s.key).detach()
         nz = (w.abs().transpose(0, s.dim).reshape(w.shape[s.dim], -1).sum(1) > 0).cpu().numpy()
         keep = (ids >= 0) & nz
         bad[ids[keep]] = True
