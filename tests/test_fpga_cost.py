@@ -25,9 +25,10 @@ from cgap_graph.passes.cgap.saliency import saliency
 from cgap_graph.passes.export import export_onnx
 from cgap_graph.passes.fpga.config import HwConfig, load_hw_config
 from cgap_graph.passes.fpga.cost import cost_onnx
-from cgap_graph.passes.fpga.graph import MacLayer, MemoryPass, read_workload
+from cgap_graph.passes.fpga.graph import MacLayer, MemoryPass
 from cgap_graph.passes.fpga.schedule import Schedule, cost_layer, search_schedule
 from cgap_graph.passes.fpga.sparse import WeightStore, csr_entries, zero_word_counts
+from cgap_graph.passes.fpga.workload import read_workload
 
 CFG = HwConfig()
 F = 300e6  # Hz

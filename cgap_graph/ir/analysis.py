@@ -15,15 +15,18 @@ they touch, with a reason that names the op.
 
 from __future__ import annotations
 
+import contextlib
 import operator
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch.fx as fx
 from torch import nn
 
+from cgap_graph.errors import TraceError
 from cgap_graph.ir.expr import Expr, SpaceTable
-from cgap_graph.ir.tracer import Traced
+from cgap_graph.ir.traced import Traced
 from cgap_graph.ir.values import SizeV, TInfo
 from cgap_graph.rules import registry as R
 from cgap_graph.rules.registry import Call
@@ -55,8 +58,32 @@ class ConstSlot:
     extra: Any = None
 
 
+class RuleError(TraceError):
+    """A channel rule raised (strict mode): a bug in the rule, not a property of the model."""
+
+
+_STRICT = [os.environ.get("CGAP_STRICT", "") not in ("", "0")]
+
+
+@contextlib.contextmanager
+def strict_rules(on: bool = True):
+    """Within the block, a channel rule that raises is an error instead of freezing its groups
+    (the test suite runs this way, so a buggy rule cannot hide as fewer resizable groups).
+    ``CGAP_STRICT=1`` turns it on for a whole process."""
+    before = _STRICT[0]
+    _STRICT[0] = on
+    try:
+        yield
+    finally:
+        _STRICT[0] = before
+
+
 class Analyzer:
-    def __init__(self, traced: Traced) -> None:
+    """Runs every node's channel rule in graph order (the pattern of ``torch.fx.Interpreter``:
+    one ``visit`` dispatching on the opcode), collecting slots, attributes and constants."""
+
+    def __init__(self, traced: Traced, strict: bool | None = None) -> None:
+        self.strict = _STRICT[0] if strict is None else strict
         self.traced = traced
         self.t = SpaceTable()
         self.slots: dict[tuple[str, int], Slot] = {}
@@ -186,6 +213,9 @@ class Analyzer:
             try:
                 self.vals[node] = self.visit(node)
             except Exception as exc:  # a rule that does not cover this call: freeze, never guess
+                if self.strict:
+                    raise RuleError(f"the channel rule of {describe_target(node)} (node '{node.name}') raised "
+                                    f"{type(exc).__name__}: {exc}") from exc
                 self.vals[node] = self._opaque(node, f"channel rule failed: {type(exc).__name__}: {exc}")
         self.node = None
         for node, why, loc in self.traced.guards:

@@ -24,7 +24,8 @@ from cgap_graph.io.atomic import atomic_write_bytes
 from cgap_graph.ir.analysis import Analyzer, describe_target
 from cgap_graph.ir.expr import Expr
 from cgap_graph.ir.flops import count_flops
-from cgap_graph.ir.tracer import Traced, trace_module
+from cgap_graph.ir.traced import Traced
+from cgap_graph.ir.tracing import trace_module
 from cgap_graph.ir.values import TInfo
 from cgap_graph.rules.registry import TSpec
 

@@ -16,9 +16,7 @@ flow on a channel width is specialised and reported (its groups freeze) instead 
 
 from __future__ import annotations
 
-import inspect
 import operator
-import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,9 +32,9 @@ from cgap_graph.ir.symbolic import (
     SymTensor,
     SymValue,
     _user_location,
-    is_internal_file,
     state,
 )
+from cgap_graph.ir.traced import FastGraph, _spec_of
 from cgap_graph.rules import registry as R
 from cgap_graph.rules.registry import Call, TSpec
 
@@ -46,55 +44,6 @@ _HERE = __file__.rsplit("/", 1)[0]
 
 
 _IS_METHOD: dict = {}
-
-
-class FastGraph(fx.Graph):
-    """``fx.Graph`` whose ``create_node`` skips the scan of every argument for raw SymInts
-    (a pytree walk that costs more than the rest of node creation): the tracer never creates
-    SymInts. Falls back to the stock method if fx's internals change."""
-
-    _fast = True
-    _names: dict = {}
-
-    def create_node(self, op, target, args=None, kwargs=None, name=None, type_expr=None):
-        if not self._fast:
-            return super().create_node(op, target, args, kwargs, name, type_expr)
-        try:
-            if name is None:
-                key = (op, target) if isinstance(target, str) else (op, id(target))
-                candidate = FastGraph._names.get(key)
-                if candidate is None:
-                    candidate = FastGraph._names[key] = self._target_to_str(target)
-            else:
-                candidate = name
-            name = self._graph_namespace.create_name(candidate, None)
-            n = fx.Node(self, name, op, target, args or (), kwargs or {}, type_expr)
-            self._graph_namespace.associate_name_with_obj(name, n)
-            self._insert(n)
-            self._find_nodes_lookup_table.insert(n)
-            self._len += 1
-            return n
-        except AttributeError:
-            FastGraph._fast = False
-            return super().create_node(op, target, args, kwargs, name, type_expr)
-
-
-class Traced:
-    """The result of tracing: graph (with ``meta['shape']``/``meta['dtype']``), the attributes
-    the graph refers to, and what tracing had to specialise or leave opaque."""
-
-    def __init__(self, root: nn.Module, graph: fx.Graph, attrs: dict[str, Any], attr_kind: dict[str, str],
-                 guards: list, opaque: dict[str, str], input_specs: list[TSpec],
-                 tensors: dict[str, torch.Tensor], modules: dict[str, nn.Module] | None = None) -> None:
-        self.root = root
-        self.tensors = tensors
-        self.modules = modules if modules is not None else dict(root.named_modules())
-        self.graph = graph
-        self.attrs = attrs
-        self.attr_kind = attr_kind
-        self.guards = guards
-        self.opaque = opaque
-        self.input_specs = input_specs
 
 
 class Tracer:
@@ -126,18 +75,13 @@ class Tracer:
         self.modules[prefix] = mod
         dot = prefix + "." if prefix else ""
         names, tensors = self.tensor_names, self.tensors
-        for n, p in mod._parameters.items():
-            if p is not None:
-                key = dot + n
-                if id(p) not in names:
-                    names[id(p)] = (key, "param")
-                tensors[key] = p
-        for n, b in mod._buffers.items():
-            if b is not None:
-                key = dot + n
-                if id(b) not in names:
-                    names[id(b)] = (key, "buffer")
-                tensors[key] = b
+        for kind, table in (("param", mod._parameters), ("buffer", mod._buffers)):
+            for n, t in table.items():
+                if t is not None:
+                    key = dot + n
+                    if id(t) not in names:
+                        names[id(t)] = (key, kind)
+                    tensors[key] = t
         for n, c in mod._modules.items():
             if c is not None:
                 self._index(c, dot + n)
@@ -409,17 +353,6 @@ class Tracer:
         return _spec_of(out)
 
 
-def _spec_of(out: Any) -> Any:
-    if isinstance(out, torch.Tensor):
-        return TSpec(out.shape, out.dtype)
-    if isinstance(out, (tuple, list)):
-        specs = tuple(_spec_of(o) for o in out)
-        if type(out).__module__ == "torch.return_types":
-            return R.NamedSpecs(specs, type(out))
-        return specs
-    return out
-
-
 def _patched_call(mod, *args, **kwargs):
     tr = state.tracer
     if tr is None:
@@ -433,104 +366,3 @@ def _patched_getattr(mod, name):
     if tr is not None and isinstance(v, torch.Tensor):
         return tr.attr_tensor(v)
     return v
-
-
-def _forward_signature(model: nn.Module, n_inputs: int) -> tuple[list[str], dict[str, Any]]:
-    """Names of the tensor arguments, and the defaults used for the other arguments."""
-    sig = inspect.signature(model.forward)
-    names, fixed = [], {}
-    params = [p for p in sig.parameters.values()
-              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    for i, p in enumerate(params):
-        if i < n_inputs:
-            names.append(p.name)
-        elif p.default is not p.empty:
-            fixed[p.name] = p.default
-        else:
-            raise TraceError(f"forward() needs argument '{p.name}' but only {n_inputs} input(s) were given; "
-                             "pass one --input-shape per tensor argument")
-    has_var = any(p.kind == p.VAR_POSITIONAL for p in sig.parameters.values())
-    if len(names) < n_inputs and not has_var:
-        raise TraceError(f"{n_inputs} inputs were given but forward() takes {len(names)}")
-    while len(names) < n_inputs:
-        names.append(f"input_{len(names)}")
-    return names, fixed
-
-
-def _dce(graph: fx.Graph) -> None:
-    """Remove nodes whose value is unused and that mutate nothing."""
-    for node in reversed(list(graph.nodes)):
-        if node.op in ("placeholder", "output") or node.users:
-            continue
-        t = node.target
-        if node.op == "call_method" and isinstance(t, str) and t.endswith("_") and not t.endswith("__"):
-            continue
-        if t is operator.setitem or node.kwargs.get("inplace"):
-            continue
-        if node.op == "call_module":
-            continue  # a module may mutate state (running statistics): keep it
-        graph.erase_node(node)
-
-
-def trace_module(model: nn.Module, input_specs: Sequence[TSpec], leaf_modules: Sequence[Any] = ()) -> Traced:
-    """Trace ``model`` called on tensors described by ``input_specs``; see module docstring."""
-    import torch.fx._symbolic_trace as fx_st
-
-    opaque: dict[str, str] = {}
-    leaves = list(leaf_modules)
-    for _attempt in range(32):
-        tr = Tracer(model, leaves)
-        tr.opaque.update(opaque)
-        names, fixed = _forward_signature(model, len(input_specs))
-        inputs = []
-        for name, spec in zip(names, input_specs):
-            node = tr.graph.placeholder(name)
-            node.meta["shape"] = spec.shape
-            node.meta["dtype"] = spec.dtype
-            inputs.append(SymTensor(node, spec.shape, spec.dtype))
-        prev, prev_flag = state.tracer, fx_st._is_fx_tracing_flag
-        state.tracer = tr
-        fx_st._is_fx_tracing_flag = True
-        nn.Module.__call__ = _patched_call
-        nn.Module.__getattr__ = _patched_getattr
-        failing = None
-        try:
-            with torch.no_grad():
-                out = _ORIG_CALL(model, *inputs, **fixed)
-        except InputShapeError as exc:
-            if getattr(exc, "no_fallback", False):
-                raise
-            failing = (getattr(exc, "cgap_module", None), str(exc))
-        except TraceError as exc:
-            failing = (getattr(exc, "cgap_module", None), str(exc))
-        except Exception as exc:  # an error inside user code given symbolic tensors
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            loc = _innermost_user_frame(exc)
-            failing = (getattr(exc, "cgap_module", None),
-                       f"forward() cannot be traced at {loc}: {type(exc).__name__}: {msg}")
-        finally:
-            nn.Module.__call__ = _ORIG_CALL
-            nn.Module.__getattr__ = _ORIG_GETATTR
-            state.tracer = prev
-            fx_st._is_fx_tracing_flag = prev_flag
-        if failing is not None:
-            mod_name, msg = failing
-            if not mod_name:  # the model's own forward: nothing to fall back to
-                raise TraceError(msg)
-            # Fallback: trace the failing submodule as an opaque leaf; its groups freeze.
-            leaves.append(mod_name)
-            opaque[mod_name] = msg
-            continue
-        tr.graph.output(tr.arg(out))
-        _dce(tr.graph)
-        return Traced(model, tr.graph, tr.attrs, tr.attr_kind, tr.guards, tr.opaque, list(input_specs),
-                      tr.tensors, tr.modules)
-    raise TraceError("tracing kept failing after making 32 submodules opaque; give leaf_modules explicitly")
-
-
-def _innermost_user_frame(exc: BaseException) -> str:
-    tb = traceback.extract_tb(exc.__traceback__)
-    for fr in reversed(tb):
-        if not is_internal_file(fr.filename):
-            return f"{fr.filename}:{fr.lineno}"
-    return "<unknown>"

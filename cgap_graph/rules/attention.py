@@ -19,7 +19,7 @@ from torch import nn
 
 from cgap_graph.errors import TraceError
 from cgap_graph.ir.values import TInfo
-from cgap_graph.rules.linear_conv import _split_side
+from cgap_graph.rules.contractions import _split_side
 from cgap_graph.rules.registry import TSpec, broadcast_shapes, register
 from cgap_graph.rules.util import shp, v
 

@@ -9,7 +9,7 @@ import torch.fx as fx
 
 from cgap_graph.errors import SurgeryError
 from cgap_graph.ir.graph import ChannelGraph, output_shapes
-from cgap_graph.ir.tracer import trace_module
+from cgap_graph.ir.tracing import trace_module
 
 
 def validate(cg: ChannelGraph) -> None:

@@ -188,17 +188,7 @@ def perturbation_check(cg: ChannelGraph, positions_per_producer: int = 2, seed: 
     rng = np.random.default_rng(seed)
     producers = [n for n in cg.graph.nodes if _is_producer(cg, n) and isinstance(cg.an.vals.get(n), TInfo)]
     clamped = {n for n in producers if _is_mixing(cg, n)}
-    observed_at = []
-    for n in cg.graph.nodes:
-        if _is_mixing(cg, n) or (n.op == "call_function" and n.target in _CONTRACTIONS):
-            for a in n.args[:3] if n.target in _CONTRACTIONS else n.args[:1]:
-                if isinstance(a, fx.Node) and isinstance(cg.an.vals.get(a), TInfo):
-                    observed_at.append(a)
-        if n.op == "output":
-            for a in _flat_nodes(n.args[0]):
-                if isinstance(cg.an.vals.get(a), TInfo):
-                    observed_at.append(a)
-    observed_at = list(dict.fromkeys(observed_at))
+    observed_at = _observed_nodes(cg)
     obs_set = set(observed_at)
     baselines: list[_Baseline] = []
 
@@ -207,9 +197,7 @@ def perturbation_check(cg: ChannelGraph, positions_per_producer: int = 2, seed: 
             baselines.append(_Baseline(cg, seed + len(baselines), clamped, obs_set))
         return baselines[i]
 
-    problems: list[str] = []
-    missing_list: list[str] = []
-    checked = 0
+    report = PerturbationReport([], [], 0)
     for p in producers:
         val = cg.an.vals[p]
         cdim = _channel_dim(p, val, cg)
@@ -226,51 +214,80 @@ def perturbation_check(cg: ChannelGraph, positions_per_producer: int = 2, seed: 
             missing_at: dict[str, int] = {}
             for attempt, scale in ((0, 10.0), (0, 0.1), (1, 10.0), (2, 1.0)):
                 b = baseline(attempt)
-                changed: dict[str, torch.Tensor] = {}
-                base = dict(b.base_out)
-                if p.name not in base:
-                    base[p.name] = b.producer_out[p.name]
-                for sign in (1.0, -1.0):
-                    interp = _ClampInterpreter(gm, base, b.stats, (p.name, cdim, int(pos), sign * scale))
-                    interp.watch = obs_set
-                    interp.run(*b.inputs)
-                    for name, y in interp.seen.items():
-                        c = y != b.ref[name]  # untouched paths recompute bit-identical values
-                        changed[name] = c if name not in changed else changed[name] | c
-                missing_at = {}
-                for o in observed_at:
-                    ov = cg.an.vals[o]
-                    if not any(t.has_space(ex) for ex in ov.exprs):
-                        continue  # no channel dimension: nothing positional to compare
-                    if any(leaf in t.frozen for ex in ov.exprs for leaf in t.leaves(ex)):
-                        continue  # a layout with frozen groups: nothing there can change width
-                    checked += 1
-                    got = changed[o.name]
-                    keep_dims = [d for d in range(ov.ndim) if t.has_space(ov.exprs[d])]
-                    other = tuple(d for d in range(ov.ndim) if d not in keep_dims)
-                    got_red = got.any(dim=other).numpy() if other else got.numpy()
-                    got_red = got_red & _live_mask(t, ov)  # ignore positions of frozen groups
-                    pred = preds[o.name]
-                    if pred is None:
-                        if got.any():
-                            problems.append(f"{p.name}[{pos}] changes {o.name}, which shares no group with it")
-                        continue
-                    extra = int((got_red & ~pred).sum())
-                    if extra:
-                        problems.append(f"{p.name}[{pos}] -> {o.name}: {extra} changed positions that no "
-                                        "group predicts")
-                    # a position that is exactly zero in the reference (a dead ReLU channel) cannot
-                    # show a change, however it is coupled: it is unobservable, not missing
-                    ref = b.ref[o.name]
-                    live = (ref != 0).any(dim=other).numpy() if other else (ref != 0).numpy()
-                    missing = int((pred & ~got_red & live).sum())
-                    if missing:
-                        missing_at[o.name] = missing
+                changed = _changes(gm, b, p.name, cdim, int(pos), scale, obs_set)
+                missing_at = _compare(cg, f"{p.name}[{pos}]", observed_at, preds, changed, b, report)
                 if not missing_at:
                     break
             for name, k in missing_at.items():
-                missing_list.append(f"{p.name}[{pos}] -> {name}: {k} predicted changes never observed")
-    return PerturbationReport(list(dict.fromkeys(problems)), missing_list, checked)
+                report.missing.append(f"{p.name}[{pos}] -> {name}: {k} predicted changes never observed")
+    report.unexpected = list(dict.fromkeys(report.unexpected))
+    return report
+
+
+def _observed_nodes(cg: ChannelGraph) -> list[fx.Node]:
+    """Where changes are looked for: the inputs of channel-mixing layers and contractions, the outputs."""
+    observed_at = []
+    for n in cg.graph.nodes:
+        if _is_mixing(cg, n) or (n.op == "call_function" and n.target in _CONTRACTIONS):
+            for a in n.args[:3] if n.target in _CONTRACTIONS else n.args[:1]:
+                if isinstance(a, fx.Node) and isinstance(cg.an.vals.get(a), TInfo):
+                    observed_at.append(a)
+        if n.op == "output":
+            for a in _flat_nodes(n.args[0]):
+                if isinstance(cg.an.vals.get(a), TInfo):
+                    observed_at.append(a)
+    return list(dict.fromkeys(observed_at))
+
+
+def _changes(gm, b: _Baseline, producer: str, cdim: int, pos: int, scale: float, watch: set) -> dict:
+    """Positions of every watched value that change when one producer channel is pushed both ways."""
+    changed: dict[str, torch.Tensor] = {}
+    base = dict(b.base_out)
+    if producer not in base:
+        base[producer] = b.producer_out[producer]
+    for sign in (1.0, -1.0):
+        interp = _ClampInterpreter(gm, base, b.stats, (producer, cdim, pos, sign * scale))
+        interp.watch = watch
+        interp.run(*b.inputs)
+        for name, y in interp.seen.items():
+            c = y != b.ref[name]  # untouched paths recompute bit-identical values
+            changed[name] = c if name not in changed else changed[name] | c
+    return changed
+
+
+def _compare(cg: ChannelGraph, where: str, observed_at, preds, changed, b: _Baseline,
+             report: PerturbationReport) -> dict[str, int]:
+    """Observed against predicted changes; unexpected ones go to the report, missing ones are returned."""
+    t = cg.an.t
+    missing_at: dict[str, int] = {}
+    for o in observed_at:
+        ov = cg.an.vals[o]
+        if not any(t.has_space(ex) for ex in ov.exprs):
+            continue  # no channel dimension: nothing positional to compare
+        if any(leaf in t.frozen for ex in ov.exprs for leaf in t.leaves(ex)):
+            continue  # a layout with frozen groups: nothing there can change width
+        report.checked += 1
+        got = changed[o.name]
+        keep_dims = [d for d in range(ov.ndim) if t.has_space(ov.exprs[d])]
+        other = tuple(d for d in range(ov.ndim) if d not in keep_dims)
+        got_red = got.any(dim=other).numpy() if other else got.numpy()
+        got_red = got_red & _live_mask(t, ov)  # ignore positions of frozen groups
+        pred = preds[o.name]
+        if pred is None:
+            if got.any():
+                report.unexpected.append(f"{where} changes {o.name}, which shares no group with it")
+            continue
+        extra = int((got_red & ~pred).sum())
+        if extra:
+            report.unexpected.append(f"{where} -> {o.name}: {extra} changed positions that no group predicts")
+        # a position that is exactly zero in the reference (a dead ReLU channel) cannot show a
+        # change, however it is coupled: it is unobservable, not missing
+        ref = b.ref[o.name]
+        live = (ref != 0).any(dim=other).numpy() if other else (ref != 0).numpy()
+        missing = int((pred & ~got_red & live).sum())
+        if missing:
+            missing_at[o.name] = missing
+    return missing_at
 
 
 def _written_at(t, e, pos: int) -> set:

@@ -25,10 +25,11 @@ import onnx
 
 from cgap_graph.errors import CgapError
 from cgap_graph.passes.fpga.config import HwConfig, load_hw_config
-from cgap_graph.passes.fpga.graph import MacLayer, Workload, load_onnx, read_workload
+from cgap_graph.passes.fpga.graph import MacLayer, Workload, load_onnx
 from cgap_graph.passes.fpga.plot import plot_compare
 from cgap_graph.passes.fpga.schedule import LayerCost, Schedule, cost_layer, cost_memory_pass, search_schedule
 from cgap_graph.passes.fpga.sparse import WeightStore
+from cgap_graph.passes.fpga.workload import read_workload
 
 SPARSITY_MODES = ("dense", "unstructured", "kernel")
 
