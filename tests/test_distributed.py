@@ -79,7 +79,6 @@ def test_two_processes_stay_in_step_and_match_one_process(two_process_run, tmp_p
     assert rows[0]["widths"] == single[0]["widths"] and rows[1]["widths"] == single[1]["widths"]
     assert rows[-1]["test_acc"] > 0.95
     assert abs(rows[-1]["test_acc"] - single[-1]["test_acc"]) <= 0.01, (rows[-1]["test_acc"], single[-1]["test_acc"])
-    assert seconds < 60
 
 
 def _rank_pid(launcher: subprocess.Popen, rank: int) -> int | None:
@@ -116,15 +115,13 @@ def test_dead_rank_ends_the_run_and_resume_finishes_it_exactly(two_process_run, 
         pid = _rank_pid(nodes[1], 1)
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
-        t_kill = time.monotonic()
-        _, err = nodes[0].communicate(timeout=60)  # no hang
-        seconds = time.monotonic() - t_kill
+        _, err = nodes[0].communicate(timeout=60)  # no hang: a timeout fails the test
         nodes[1].communicate(timeout=60)
     finally:
         for p in nodes:
             if p.poll() is None:
                 p.kill()
-    assert nodes[0].returncode != 0 and nodes[1].returncode != 0 and seconds < 30
+    assert nodes[0].returncode != 0 and nodes[1].returncode != 0
     assert "error: rank 0: lost contact with the other ranks" in err and "--resume" in err
     assert "exitcode  : 2" in err  # the survivor's own clean exit, not a signal
     epoch = torch.load(out / CHECKPOINT, weights_only=True)["epoch"]
@@ -142,11 +139,12 @@ def test_dead_rank_ends_the_run_and_resume_finishes_it_exactly(two_process_run, 
 
 def test_rank_0_error_stops_every_rank(tmp_path):
     # rank 0 finds no checkpoint; the others get its error instead of waiting for a broadcast
-    t0 = time.perf_counter()
-    r = subprocess.run(_torchrun(tmp_path / "none", "--resume"), env=ENV, capture_output=True, text=True, timeout=120)
-    assert r.returncode != 0 and time.perf_counter() - t0 < 60
+    r = subprocess.run(_torchrun(tmp_path / "none", "--resume"), env=ENV, capture_output=True, text=True,
+                       timeout=120)  # no hang: a timeout fails the test
+    assert r.returncode != 0
     assert r.stderr.count("error: --resume: no checkpoint in") == 2, r.stderr[-2000:]  # one line per rank
-    assert "cgap_graph/train.py" not in r.stderr and "cgap_graph/distributed.py" not in r.stderr  # no traceback
+    assert "cgap_graph/run/loop.py" not in r.stderr and "cgap_graph/run/distributed.py" not in r.stderr  # no traceback
+    assert "Traceback" not in r.stderr
 
 
 # ---- the pieces, without processes ----------------------------------------------------------------------

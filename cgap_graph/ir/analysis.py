@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 import torch.fx as fx
 from torch import nn
 
@@ -321,6 +322,8 @@ def describe_target(node: fx.Node) -> str:
     if node.op == "call_method":
         return f"Tensor.{t}"
     if node.op == "call_function":
+        if isinstance(t, torch._ops.OpOverload):
+            return f"torch.ops.{t}"
         mod = getattr(t, "__module__", None) or ""
         name = getattr(t, "__name__", str(t))
         if mod in ("_operator", "operator"):

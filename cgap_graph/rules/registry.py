@@ -109,6 +109,7 @@ TRAITS = ("linear", "data_movement", "multi_output")
 
 
 def _entry(t: Any) -> OpRule:
+    t = _op_target(t)
     if isinstance(t, str):
         return METHODS.setdefault(t, OpRule(name=t))
     if isinstance(t, type) and issubclass(t, nn.Module):
@@ -116,6 +117,14 @@ def _entry(t: Any) -> OpRule:
     if not callable(t):
         raise TypeError(f"a rule target is a function, a tensor method name or a module type, not {t!r}")
     return FUNCTIONS.setdefault(t, OpRule(name=getattr(t, "__name__", str(t))))
+
+
+def _op_target(t: Any) -> Any:
+    """What the tracer records for a user's ``torch.library`` op: its default overload."""
+    t = getattr(t, "_opoverload", t)  # a @torch.library.custom_op function
+    if isinstance(t, torch._ops.OpOverloadPacket):
+        t = t.default
+    return t
 
 
 def register(*targets: Any, shape: Callable | None = None, channels: Callable | None = None,
