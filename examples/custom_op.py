@@ -2,7 +2,8 @@
 
 Your model calls ``gated_relu(x, gate)``, your own op (a ``torch.library.custom_op``, so tracing
 cannot look inside it). Without a rule the op is traced on meta tensors and every channel group
-it touches freezes (``cgap-graph inspect`` names it). A rule has two parts (the contract is in ``cgap_graph/rules/registry.py``):
+it touches freezes (``cgap-graph inspect`` names it). A rule has two parts (the contract is in
+``cgap_graph/rules/registry.py``):
 
 - ``shape(op)``: the output's shape and dtype, from the traced arguments, without running the op;
 - ``channels(an, op)``: how the output's channels relate to the inputs'. ``gated_relu`` is
@@ -42,8 +43,8 @@ def gated_relu_shape(op):
 def gated_relu_channels(an, op):
     x, gate = op.args[0], op.args[1]
     an.unify(x.exprs[1], gate.exprs[0])  # the gate follows x's channels
-    # zero stays zero (relu(0) * g = 0), so a masked channel stays masked: zm carries through
-    return TInfo(x.exprs, x.zm, op.node.meta["shape"])
+    # zero stays zero (relu(0) * g = 0), so a masked channel stays masked: keeps_zero carries through
+    return TInfo(x.exprs, x.keeps_zero, op.node.meta["shape"])
 
 
 class GatedNet(nn.Module):
@@ -70,8 +71,9 @@ def main() -> dict:
     x = torch.randn(2, 3, 16, 16)
     print(f"pruned c1 8 -> {g.module.c1.out_channels}, gate {tuple(g.module.gate.shape)}; "
           f"masked vs shrunk max |diff| {diff:.1e}; output {tuple(g.module(x).shape)}")
-    return {"frozen_before": sum(grp.frozen is not None for grp in frozen.groups), "resizable": stream.resizable, "width": g.module.c1.out_channels, "gate": g.module.gate.shape[0],
-            "diff": diff, "unknown_ops": len(g.unknown_ops)}
+    return {"frozen_before": sum(grp.frozen is not None for grp in frozen.groups), "resizable": stream.resizable,
+            "width": g.module.c1.out_channels, "gate": g.module.gate.shape[0], "diff": diff,
+            "unknown_ops": len(g.unknown_ops)}
 
 
 if __name__ == "__main__":

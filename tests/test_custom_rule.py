@@ -54,7 +54,7 @@ def test_a_wrong_rule_is_caught_at_the_intermediate_shape_and_rolled_back():
         return TSpec((n, 2 * c, *rest), op.args[0].dtype)
 
     cg.register_rule(tile2, shape=doubled,
-                     channels=lambda an, op: TInfo(op.args[0].exprs, op.args[0].zm, op.node.meta["shape"]))
+                     channels=lambda an, op: TInfo(op.args[0].exprs, op.args[0].keeps_zero, op.node.meta["shape"]))
     model = TileSum().eval()
     g = cg.trace(model, (1, 3, 8, 8))
     group = next(grp for grp in g.groups if any(m.target == "c1.weight" for m in grp.members))

@@ -47,15 +47,19 @@ def _build(case):
     return randomize_norm_stats(factory()).eval(), shape, {"input_dtype": dtype}
 
 
-@pytest.mark.parametrize("case", list(_cases()))
-def test_masked_equals_shrunk_every_group(case):
+def _groups_of(case, which: str):
+    """The model, its shape and trace options, and its groups that are ``which`` (prunable ...)."""
     model, shape, kw = _build(case)
     g = cg.trace(model, shape, **kw)
+    return model, shape, kw, [grp for grp in g.groups if getattr(grp, which)]
+
+
+@pytest.mark.parametrize("case", list(_cases()))
+def test_masked_equals_shrunk_every_group(case):
+    model, shape, kw, groups = _groups_of(case, "prunable")
     rng = np.random.default_rng(0)
     checked = 0
-    for grp in g.groups:
-        if not grp.prunable:
-            continue
+    for grp in groups:
         drop = rng.choice(grp.width, size=rng.integers(1, grp.width), replace=False)
         diff = masked_vs_shrunk(model, shape, grp.id, drop, **kw)
         assert diff <= TOL, f"group {grp.id} ({grp.status()}): masked vs shrunk differ by {diff:.2e}"
@@ -65,13 +69,10 @@ def test_masked_equals_shrunk_every_group(case):
 
 @pytest.mark.parametrize("case", list(_cases()))
 def test_preserve_growth_every_group(case):
-    model, shape, kw = _build(case)
-    g = cg.trace(model, shape, **kw)
-    rng = np.random.default_rng(1)
     grown = 0
-    for grp in g.groups:
-        if not grp.growable:
-            continue
+    model, shape, kw, groups = _groups_of(case, "growable")
+    rng = np.random.default_rng(1)
+    for grp in groups:
         grown += 1
         if grp.grow_notes:
             sel = list(range(grp.width)) * 2  # uniform duplication keeps cross-channel statistics

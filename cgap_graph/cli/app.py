@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+from inspect import cleandoc
 
 import typer
 from rich.table import Table
@@ -45,7 +46,7 @@ def zoo_cmd():
 
 for _fn, _name in ((inspect, "inspect"), (seed_cmd, "seed"), (grow, "grow"), (prune, "prune"), (train, "train"),
                    (export, "export"), (cost, "cost"), (demo, "demo"), (zoo_cmd, "zoo")):
-    app.command(_name)(_fn)
+    app.command(_name, help=cleandoc(_fn.__doc__ or ""))(_fn)
 
 
 def _terminate(signum, frame):  # SIGTERM: stop like Ctrl-C, so temporary files are cleaned up

@@ -40,6 +40,7 @@ def cost(
     buffers; each Conv/Gemm/MatMul layer gets the tiling with the lowest latency that fits the
     buffers. Equations, defaults and their sources: docs/fpga_cost.md. Examples:
 
+    \b
         cgap-graph cost vgg16.onnx
         cgap-graph cost dense.onnx shrunk.onnx --plot fig8.png --csv layers.csv
         cgap-graph cost magnitude_pruned.onnx --unstructured --json

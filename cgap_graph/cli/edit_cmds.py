@@ -115,6 +115,11 @@ def save_result(cg: ChannelGraph, loaded, req: ModelRequest, output: Path, step:
                                                      if kind == "pickle" else ""))
 
 
+OUTPUT_OPTION = ([keyword("output", OUTPUT, Path)], lambda output: output)
+# grow and prune: MODEL, how to score its units, where to write the result
+edit_command = with_options(req=MODEL_OPTIONS, sal=SALIENCY_OPTIONS, output=OUTPUT_OPTION)
+
+
 def _open(req: ModelRequest, sal: SaliencyOptions, output: Path):
     """Check the output and device, load and trace MODEL, score its units."""
     dev = parse_device(sal.device)
@@ -129,11 +134,9 @@ def _state(cg: ChannelGraph) -> tuple[dict[int, int], int, int]:
     return {g.id: g.width for g in cg.groups}, cg.param_count(), cg.flops()
 
 
-@with_options(req=MODEL_OPTIONS, sal=SALIENCY_OPTIONS)
+@edit_command
 def grow(
-    req: ModelRequest,
-    sal: SaliencyOptions,
-    output: Path = OUTPUT,
+    req: ModelRequest, sal: SaliencyOptions, output: Path,
     beta: float = typer.Option(0.6, "--beta", metavar="BETA", help="Growth ratio: each group gains round(BETA x "
                                "width) units, copies of its most salient ones (above 1: several copies each; at "
                                "most 10)."),
@@ -147,6 +150,7 @@ def grow(
 ):
     """Grow MODEL (Algorithm 2): duplicate the most salient units of every growable group.
 
+    \b
         cgap-graph grow model.pt --beta 0.6 --data cifar10 -o grown.pt
         cgap-graph grow seed.pt --beta 0.6 --select magnitude --init preserve -o grown.pt
     """
@@ -166,11 +170,9 @@ def grow(
     run_command(body)
 
 
-@with_options(req=MODEL_OPTIONS, sal=SALIENCY_OPTIONS)
+@edit_command
 def prune(
-    req: ModelRequest,
-    sal: SaliencyOptions,
-    output: Path = OUTPUT,
+    req: ModelRequest, sal: SaliencyOptions, output: Path,
     weight_rate: float = typer.Option(0.5, "--weight-rate", metavar="RATE", help="gamma_W: fraction of weights "
                                       "zeroed per layer, in (0, 1)."),
     unit_rate: float = typer.Option(0.5, "--unit-rate", metavar="RATE", help="gamma_F/gamma_N: a unit sparser than "
@@ -181,6 +183,7 @@ def prune(
 ):
     """Prune MODEL (Algorithm 3) and remove the pruned units physically.
 
+    \b
         cgap-graph prune model.pt --weight-rate 0.5 --unit-rate 0.5 --data mnist -o small.pt
         cgap-graph prune model.pt --mode units --unit-rate 0.3 --select magnitude -o small.pt
     """
@@ -217,6 +220,7 @@ def seed_cmd(
 
     The reference widths are stored in the seed as the capacity limit for later growth.
 
+    \b
         cgap-graph seed vgg19 --width 0.125 -o seed.pt
     """
     def body():

@@ -32,6 +32,7 @@ def export(
     PyTorch, the max difference is printed, and above --tolerance nothing is written. Widths and
     the model's CGaP history go into the file's metadata (onnx.load(f).metadata_props).
 
+    \b
         cgap-graph export runs/lenet5-mnist/model.pt -o lenet5.onnx
         cgap-graph export resnet56 -o resnet56.onnx --opset 20
     """

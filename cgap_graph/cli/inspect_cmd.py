@@ -30,6 +30,7 @@ def inspect(
     (producer rows, consumer columns, norm parameters, reshapes) together. Zoo models are
     analysed without weights (meta tensors), so even very wide ones need little memory.
 
+    \b
         cgap-graph inspect resnet56
         cgap-graph inspect model.pt --input-shape 1,3,224,224 --json
         cgap-graph inspect vgg19 --width 30          # 18G parameters, analysed in seconds

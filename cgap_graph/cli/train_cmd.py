@@ -71,6 +71,7 @@ def train(**kw):
     the checkpoint keeps them; only --epochs, --device, --eval-batch-size and --test-limit may
     change).
 
+    \b
         cgap-graph train --model lenet5 --seed-width 0.25 --dataset mnist --epochs 60
         cgap-graph train --model seed.pt --dataset cifar10 --config cgap.toml
         cgap-graph train --out runs/lenet5-mnist --resume

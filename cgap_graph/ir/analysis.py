@@ -29,7 +29,7 @@ from cgap_graph.errors import TraceError
 from cgap_graph.ir.expr import Expr, SpaceTable
 from cgap_graph.ir.traced import Traced
 from cgap_graph.ir.values import SizeV, TInfo
-from cgap_graph.rules import registry as R
+from cgap_graph.rules import registry
 from cgap_graph.rules.registry import Call
 
 
@@ -169,7 +169,7 @@ class Analyzer:
         seen = 0
         while isinstance(node, fx.Node) and seen < 64:
             seen += 1
-            if _data_users(node) != 1 and node.op != "get_attr" and not R.has_trait(node.op, node.target,
+            if _data_users(node) != 1 and node.op != "get_attr" and not registry.has_trait(node.op, node.target,
                                                                                        "multi_output"):
                 return False
             if node.op == "get_attr":
@@ -190,7 +190,7 @@ class Analyzer:
                             s.split |= written
                     return True
                 return False
-            if node.op == "call_function" and R.has_trait(node.op, node.target, "linear"):
+            if node.op == "call_function" and registry.has_trait(node.op, node.target, "linear"):
                 ok = True
                 for a in node.args[1:3]:
                     if isinstance(a, fx.Node):
@@ -246,28 +246,21 @@ class Analyzer:
             return self._opaque(node, "no rule for this op (or for this use of it)", args, kwargs)
         if op == "call_module":
             mod = self.modules[node.target]
-            rule = R.module_rule(mod)
+            rule = registry.module_rule(mod)
             if rule is None or rule.channels is None:
                 return self._opaque(node, f"no channel rule for module {type(mod).__name__}", args, kwargs)
             return rule.channels(self, Call(args, kwargs, mod, node))
-        rule = R.target_rule(op, node.target)
+        rule = registry.target_rule(op, node.target)
         if rule is None or rule.channels is None:
             return self._opaque(node, "no channel rule", args, kwargs)
         return rule.channels(self, Call(args, kwargs, None, node))
 
     def map_args(self, a: Any) -> Any:
-        t = type(a)
-        if t is fx.Node:
-            return self.vals.get(a)
-        if isinstance(a, tuple):
-            return tuple(self.map_args(x) for x in a)
-        if isinstance(a, list):  # fx stores immutable_list
-            return [self.map_args(x) for x in a]
-        if isinstance(a, dict):
-            return {k: self.map_args(v) for k, v in a.items()}
-        if t is slice:
-            return slice(self.map_args(a.start), self.map_args(a.stop), self.map_args(a.step))
-        return a
+        """The analysis value of every node inside an argument structure."""
+        vals = self.vals
+        if type(a) is fx.Node:
+            return vals.get(a)
+        return fx.node.map_aggregate(a, lambda x: vals.get(x) if type(x) is fx.Node else x)
 
     def _opaque(self, node: fx.Node, reason: str, args: Any = None, kwargs: Any = None) -> Any:
         if args is None:
@@ -302,17 +295,11 @@ def fixed_value(shape: Any, value: Any = None) -> Any:
     return TInfo(tuple(("F", s) for s in shape), False, tuple(shape))
 
 
-def iter_tinfos(v: Any):
-    if isinstance(v, TInfo):
-        yield v
-    elif isinstance(v, (tuple, list)):
-        for x in v:
-            yield from iter_tinfos(x)
-    elif isinstance(v, dict):
-        for x in v.values():
-            yield from iter_tinfos(x)
-    elif isinstance(v, slice):
-        yield from iter_tinfos((v.start, v.stop, v.step))
+def iter_tinfos(v: Any) -> list[TInfo]:
+    """Every tensor value inside a nested argument (tuples, lists, dicts, slices)."""
+    found: list[TInfo] = []
+    fx.node.map_aggregate(v, lambda x: found.append(x) if isinstance(x, TInfo) else None)
+    return found
 
 
 def describe_target(node: fx.Node) -> str:
@@ -344,7 +331,7 @@ def _data_users(node: fx.Node) -> int:
 
 def _is_data_movement(node: fx.Node) -> bool:
     if node.op == "call_method":
-        return R.has_trait(node.op, node.target, "data_movement")
+        return registry.has_trait(node.op, node.target, "data_movement")
     if node.op == "call_function":
         if node.target is operator.getitem:
             # slices keep distinct channel ids; an integer index (qkv[1]) would not
@@ -353,7 +340,7 @@ def _is_data_movement(node: fx.Node) -> bool:
             return all(isinstance(i, slice) or i is None or i is Ellipsis for i in items) or \
                 isinstance(node.args[0], fx.Node) and isinstance(node.args[0].meta.get("shape"), tuple) and \
                 bool(node.args[0].meta["shape"]) and isinstance(node.args[0].meta["shape"][0], tuple)
-        if R.has_trait(node.op, node.target, "data_movement"):
+        if registry.has_trait(node.op, node.target, "data_movement"):
             return True
         if node.target in (operator.mul, operator.truediv) and len(node.args) == 2 and \
                 isinstance(node.args[1], (int, float)):

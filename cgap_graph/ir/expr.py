@@ -329,14 +329,13 @@ class SpaceTable:
     def split(self, e: Expr, sizes: list[int], why: str) -> list[Expr]:
         """Cut layout ``e`` into consecutive pieces of the given sizes (refining spaces)."""
         e = self.norm(e)
-        if len(sizes) == 1:
-            return [e]
+        trivial = _trivial_cut(e, sizes)
+        if trivial is not None:
+            return trivial
         tag = e[0]
-        if tag == "F":
-            return [("F", k) for k in sizes]
         if tag == "S":
+            parts = tuple(("S", self.new(k, self.origin[e[1]])) for k in sizes)
             s = e[1]
-            parts = tuple(("S", self.new(k, self.origin[s])) for k in sizes)
             self._refined[s] = ("C", parts)
             return list(parts)
         if tag == "C":
@@ -405,11 +404,10 @@ class SpaceTable:
         """Split layout ``e`` into row-major factors of the given sizes (refining spaces)."""
         e = self.norm(e)
         sizes = [int(k) for k in sizes]
-        if len(sizes) == 1:
-            return [e]
+        trivial = _trivial_cut(e, sizes)
+        if trivial is not None:
+            return trivial
         tag = e[0]
-        if tag == "F":
-            return [("F", k) for k in sizes]
         if tag == "S":
             s = e[1]
             parts = tuple(("F", 1) if k == 1 else ("S", self.new(k, self.origin[s])) for k in sizes)
@@ -585,3 +583,12 @@ class SpaceTable:
         sep = " | " if tag == "C" else " x "
         inner = sep.join(self.describe(p) for p in e[1])
         return f"[{inner}]" if tag == "C" else f"({inner})"
+
+
+def _trivial_cut(e: Expr, sizes: list[int]) -> list[Expr] | None:
+    """Cutting into one piece, or cutting a fixed layout: no space to refine."""
+    if len(sizes) == 1:
+        return [e]
+    if e[0] == "F":
+        return [("F", k) for k in sizes]
+    return None

@@ -21,12 +21,11 @@ from torch import nn
 
 from cgap_graph.errors import InputShapeError, TraceError
 from cgap_graph.io.atomic import atomic_write_bytes
-from cgap_graph.ir.analysis import Analyzer, describe_target
+from cgap_graph.ir.analysis import Analyzer, describe_target, iter_tinfos
 from cgap_graph.ir.expr import Expr
 from cgap_graph.ir.flops import count_flops
 from cgap_graph.ir.traced import Traced
 from cgap_graph.ir.tracing import trace_module
-from cgap_graph.ir.values import TInfo
 from cgap_graph.rules.registry import TSpec
 
 
@@ -266,7 +265,7 @@ class ChannelGraph:
                        else str(node.target), shape=str(shape))
         for node in self.graph.nodes:
             for src in node.all_input_nodes:
-                carried = sorted({self.group_of_space(leaf).id for ti in _tinfos(self.an.vals.get(src))
+                carried = sorted({self.group_of_space(leaf).id for ti in iter_tinfos(self.an.vals.get(src))
                                   for e in ti.exprs for leaf in t.leaves(e)})
                 g.add_edge(src.name, node.name, kind="data", groups=",".join(map(str, carried)))
         for grp in self.groups:
@@ -310,10 +309,11 @@ class ChannelGraph:
 def output_shapes(graph: fx.Graph) -> list:
     """Shapes of the graph's outputs, in order (nested outputs flattened)."""
     out = next(n for n in graph.nodes if n.op == "output")
-    return [n.meta.get("shape") for n in _flat_nodes(out.args[0])]
+    return [n.meta.get("shape") for n in flat_nodes(out.args[0])]
 
 
-def _flat_nodes(a: Any) -> list[fx.Node]:
+def flat_nodes(a: Any) -> list[fx.Node]:
+    """The nodes inside a nested argument, in order."""
     found: list[fx.Node] = []
     fx.node.map_arg(a, found.append)
     return found
@@ -323,13 +323,6 @@ def layouts(e: Any) -> tuple:
     """A slot's layout(s): one expression, or a tuple of them (split pieces, normalized_shape)."""
     return e if isinstance(e, tuple) and e and isinstance(e[0], tuple) else (e,)
 
-
-def _tinfos(v: Any):
-    if isinstance(v, TInfo):
-        yield v
-    elif isinstance(v, (tuple, list)):
-        for x in v:
-            yield from _tinfos(x)
 
 
 def _node_for_target(graph: fx.Graph, target: str) -> str | None:

@@ -12,7 +12,7 @@ import torch.fx as fx
 from torch import nn
 
 from cgap_graph.errors import TraceError
-from cgap_graph.rules import registry as R
+from cgap_graph.rules import registry
 from cgap_graph.rules.registry import TSpec
 
 
@@ -71,7 +71,7 @@ def _spec_of(out: Any) -> Any:
     if isinstance(out, (tuple, list)):
         specs = tuple(_spec_of(o) for o in out)
         if type(out).__module__ == "torch.return_types":
-            return R.NamedSpecs(specs, type(out))
+            return registry.NamedSpecs(specs, type(out))
         return specs
     return out
 

@@ -35,7 +35,7 @@ from cgap_graph.ir.symbolic import (
     state,
 )
 from cgap_graph.ir.traced import FastGraph, _spec_of
-from cgap_graph.rules import registry as R
+from cgap_graph.rules import registry
 from cgap_graph.rules.registry import Call, TSpec
 
 _ORIG_CALL = nn.Module.__call__
@@ -148,7 +148,7 @@ class Tracer:
             for i, s in enumerate(spec):
                 g = self.graph.create_node("call_function", operator.getitem, (node, i), {})
                 out.append(self._wrap(g, s))
-            if isinstance(spec, R.NamedSpecs) and spec.cls is not None:
+            if isinstance(spec, registry.NamedSpecs) and spec.cls is not None:
                 return spec.cls(out)  # x.max(1).values works as in eager mode
             return type(spec)(out) if type(spec) in (tuple, list) else tuple(out)
         node.meta["value"] = spec
@@ -163,7 +163,7 @@ class Tracer:
             self._no_rule_shape = False
         return self._wrap(node, spec)
 
-    def _shape(self, rule: R.OpRule | None, what: str, call, args, kwargs, module=None):
+    def _shape(self, rule: registry.OpRule | None, what: str, call, args, kwargs, module=None):
         """Output spec from the op's shape rule; meta tensors when there is no rule or the rule
         does not cover this call (the node is then marked so the analysis treats it as opaque)."""
         rule_exc = None
@@ -209,7 +209,7 @@ class Tracer:
         return self.call_function(func, args, kwargs)
 
     def call_function(self, func, args, kwargs):
-        rule = R.FUNCTIONS.get(func)
+        rule = registry.FUNCTIONS.get(func)
         spec = self._shape(rule, getattr(func, "__name__", str(func)), lambda *a, **k: func(*a, **k), args, kwargs)
         return self._record("call_function", func, args, kwargs, spec)
 
@@ -217,7 +217,7 @@ class Tracer:
         if name in _NOT_TRACEABLE:
             raise TraceError(f"x.{name}() at {_user_location()} reads tensor data, which tracing cannot do; "
                              "make the module that does it a leaf (leaf_modules=...)")
-        rule = R.METHODS.get(name)
+        rule = registry.METHODS.get(name)
         full = (self_t, *args)
         spec = self._shape(rule, f"Tensor.{name}", lambda s, *a, **k: getattr(s, name)(*a, **k), full, kwargs)
         return self._record("call_method", name, full, kwargs, spec)
@@ -229,7 +229,7 @@ class Tracer:
             return SymShape(self.size(t, i) for i in range(len(t._shape)))
         if isinstance(d, SymValue):
             d = d.value
-        d = R.norm_dim(d, len(t._shape))
+        d = registry.norm_dim(d, len(t._shape))
         node = self.graph.create_node("call_method", "size", (t.node, d), {})
         node.meta["value"] = t._shape[d]
         return SymValue(node, t._shape[d], frozenset([(t.node, d)]))
@@ -288,7 +288,7 @@ class Tracer:
     def is_leaf(self, mod: nn.Module, name: str) -> bool:
         if name in self.leaf_names or (self.leaf_types and isinstance(mod, self.leaf_types)):
             return True
-        return R.module_rule(mod) is not None
+        return registry.module_rule(mod) is not None
 
     def module_call(self, mod: nn.Module, args: tuple, kwargs: dict):
         name = self.module_names.get(id(mod))
@@ -296,7 +296,7 @@ class Tracer:
             raise TraceError(f"module {type(mod).__name__} called at {_user_location()} is not an attribute "
                              "of the model; register it as a submodule")
         if self.is_leaf(mod, name):
-            rule = R.module_rule(mod)
+            rule = registry.module_rule(mod)
             if rule is None:
                 self.opaque.setdefault(name, f"leaf module {type(mod).__name__} (no channel rule)")
             spec = self._shape(rule, f"module '{name}' ({type(mod).__name__})",
@@ -304,7 +304,7 @@ class Tracer:
             return self._record("call_module", name, args, kwargs, spec)
         self.module_stack.append(name)
         try:
-            forward = R.module_forward(mod)  # an explicit forward from the rules (nn.MultiheadAttention)
+            forward = registry.module_forward(mod)  # an explicit forward from the rules (nn.MultiheadAttention)
             if forward is not None:
                 return forward(mod, *args, **kwargs)
             return _ORIG_CALL(mod, *args, **kwargs)

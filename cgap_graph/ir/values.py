@@ -9,15 +9,15 @@ from typing import Any
 class TInfo:
     """Analysis value of a tensor: one channel expression per dimension.
 
-    ``zm`` ("zero when masked"): when every producer of the groups in this tensor has its
+    ``keeps_zero``: when every producer of the groups in this tensor has its
     masked units zeroed, are those units zero here too? (False after sigmoid, exp, +1 ...)
     """
 
-    __slots__ = ("exprs", "zm", "shape")
+    __slots__ = ("exprs", "keeps_zero", "shape")
 
-    def __init__(self, exprs: tuple, zm: bool, shape: tuple) -> None:
+    def __init__(self, exprs: tuple, keeps_zero: bool, shape: tuple) -> None:
         self.exprs = exprs
-        self.zm = zm
+        self.keeps_zero = keeps_zero
         self.shape = shape
 
     @property
@@ -25,7 +25,7 @@ class TInfo:
         return len(self.exprs)
 
     def __repr__(self) -> str:
-        return f"TInfo({self.exprs}, zm={self.zm})"
+        return f"TInfo({self.exprs}, keeps_zero={self.keeps_zero})"
 
 
 class SizeV:

@@ -24,16 +24,12 @@ from cgap_graph.rules.registry import TSpec, broadcast_shapes, register
 from cgap_graph.rules.util import shp, v
 
 
-def _sdpa_args(args, kwargs):
-    names = ["query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa"]
-    vals = dict(zip(names, args))
-    vals.update({k: kwargs[k] for k in kwargs if k in names})
-    return vals
+def _sdpa_args(op):
+    return op.bind("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
 
 
 def _sdpa_shape(op):
-    args, kwargs = op.args, op.kwargs
-    a = _sdpa_args(args, kwargs)
+    a = _sdpa_args(op)
     q, k, val = a["query"], a["key"], a["value"]
     sq, sk, sv = shp(q), shp(k), shp(val)
     if sq[-1] != sk[-1] or sk[-2] != sv[-2]:
@@ -43,8 +39,8 @@ def _sdpa_shape(op):
 
 
 def _sdpa_channels(an, op):
-    node, args, kwargs = op.node, op.args, op.kwargs
-    a = _sdpa_args(args, kwargs)
+    node = op.node
+    a = _sdpa_args(op)
     q, k, val = a["query"], a["key"], a["value"]
     if v(a.get("enable_gqa", False)):
         for t in (q, k, val):
@@ -80,7 +76,7 @@ def _sdpa_channels(an, op):
         # the default scale 1/sqrt(E) would follow E: pin today's value when E changes
         an.const(("kwargs", "scale"), q.exprs[-1], "sdpa_scale", extra=1.0 / math.sqrt(q.shape[-1]))
     exprs = (*batch, q.exprs[-2], val.exprs[-1])
-    return TInfo(exprs, val.zm, out_shape)
+    return TInfo(exprs, val.keeps_zero, out_shape)
 
 
 register(F.scaled_dot_product_attention, shape=_sdpa_shape, channels=_sdpa_channels)

@@ -49,7 +49,7 @@ def _split_side(an, node, pos_first: fx.Node, pos_second: fx.Node, contracted) -
 
 
 def _zm_dims(an, exprs_zm) -> bool:
-    return all(zm or not an.spaces_in(e) for e, zm in exprs_zm)
+    return all(keeps_zero or not an.spaces_in(e) for e, keeps_zero in exprs_zm)
 
 
 def matmul_channels(an, node, a: TInfo, b: TInfo, na, nb) -> TInfo:
@@ -70,7 +70,7 @@ def matmul_channels(an, node, a: TInfo, b: TInfo, na, nb) -> TInfo:
                 k = j - (nbatch - (t.ndim - 2))
                 if k >= 0 and t.shape[k] == out_shape[j] and not (out_shape[j] == 1 and t.exprs[k][0] == "F"):
                     full.append(t.exprs[k])
-                    z = z or t.zm
+                    z = z or t.keeps_zero
                 elif k >= 0 and t.exprs[k][0] != "F":
                     an.freeze(t.exprs[k], f"{an.where()}: a channel of width 1 is broadcast")
             cand = next((e for e in full if e[0] != "F"), None)
@@ -80,12 +80,12 @@ def matmul_channels(an, node, a: TInfo, b: TInfo, na, nb) -> TInfo:
             exprs.append(cand if cand is not None else ("F", out_shape[j]))
             zms.append(z)
         exprs += [a.exprs[-2], b.exprs[-1]]
-        zms += [a.zm, b.zm]
+        zms += [a.keeps_zero, b.keeps_zero]
     elif b1 and not a1:
-        exprs, zms = list(a.exprs[:-1]), [a.zm] * (a.ndim - 1)
+        exprs, zms = list(a.exprs[:-1]), [a.keeps_zero] * (a.ndim - 1)
     elif a1 and not b1:
         exprs = list(b.exprs[:-2]) + [b.exprs[-1]]
-        zms = [b.zm] * len(exprs)
+        zms = [b.keeps_zero] * len(exprs)
     return TInfo(tuple(exprs), _zm_dims(an, zip(exprs, zms)), out_shape)
 
 
@@ -191,8 +191,9 @@ def _einsum_channels(an, op):
                         (letter[c], written[(c, who[-1])], written[(c, who[0])]))
     out_shape = node.meta["shape"]
     exprs = tuple(letter.get(c, ("F", n)) for c, n in zip(rhs, out_shape))
-    zm = all(any(ops[i].zm for i in holders.get(c, [])) or not an.spaces_in(e) for c, e in zip(rhs, exprs))
-    return TInfo(exprs, zm, out_shape)
+    keeps_zero = all(any(ops[i].keeps_zero for i in holders.get(c, [])) or not an.spaces_in(e)
+                     for c, e in zip(rhs, exprs))
+    return TInfo(exprs, keeps_zero, out_shape)
 
 
 register(torch.einsum, shape=_einsum_shape, channels=_einsum_channels)

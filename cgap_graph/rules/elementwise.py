@@ -16,24 +16,17 @@ from torch import nn
 
 from cgap_graph.ir.values import SizeV, TInfo
 from cgap_graph.rules.registry import TSpec, broadcast_shapes, register
-from cgap_graph.rules.util import is_tensor, result_dtype, shp, spec_like, v
+from cgap_graph.rules.util import is_tensor, result_dtype, same_shape, shp, spec_like, v
 
 
 # ---- unary ----------------------------------------------------------------------------------
-def _unary_shape(op):
-    args = op.args
-    return spec_like(args[0])
-
-
 def _unary_keep_zero(an, op):
-    args = op.args
-    x = args[0]
-    return TInfo(x.exprs, x.zm, x.shape)
+    x = op.args[0]
+    return TInfo(x.exprs, x.keeps_zero, x.shape)
 
 
 def _unary_lose_zero(an, op):
-    args = op.args
-    x = args[0]
+    x = op.args[0]
     return TInfo(x.exprs, False, x.shape)
 
 
@@ -44,7 +37,7 @@ def _clamp_channels(an, op):
     hi = args[2] if len(args) > 2 else kwargs.get("max")
     keeps = (lo is None or (not isinstance(lo, TInfo) and v(lo) <= 0)) and \
             (hi is None or (not isinstance(hi, TInfo) and v(hi) >= 0))
-    return TInfo(x.exprs, x.zm and keeps, x.shape)
+    return TInfo(x.exprs, x.keeps_zero and keeps, x.shape)
 
 
 def _hardtanh_channels(an, op):
@@ -52,7 +45,7 @@ def _hardtanh_channels(an, op):
     x = args[0]
     lo = args[1] if len(args) > 1 else kwargs.get("min_val", -1.0)
     hi = args[2] if len(args) > 2 else kwargs.get("max_val", 1.0)
-    return TInfo(x.exprs, x.zm and v(lo) <= 0 <= v(hi), x.shape)
+    return TInfo(x.exprs, x.keeps_zero and v(lo) <= 0 <= v(hi), x.shape)
 
 
 KEEP_ZERO_FUNCS = [
@@ -81,17 +74,11 @@ LOSE_ZERO_METHODS = [
     "bitwise_not", "int", "long", "bool", "isnan", "isinf",
 ]
 
-for _f in KEEP_ZERO_FUNCS:
-    register(_f, shape=_unary_shape, channels=_unary_keep_zero)
-for _f in LOSE_ZERO_FUNCS:
-    register(_f, shape=_unary_shape, channels=_unary_lose_zero)
-for _m in KEEP_ZERO_METHODS:
-    register(_m, shape=_unary_shape, channels=_unary_keep_zero)
-for _m in LOSE_ZERO_METHODS:
-    register(_m, shape=_unary_shape, channels=_unary_lose_zero)
-register(torch.clamp, torch.clip, "clamp", "clamp_", "clip", "clip_", shape=_unary_shape,
+register(*KEEP_ZERO_FUNCS, *KEEP_ZERO_METHODS, shape=same_shape, channels=_unary_keep_zero)
+register(*LOSE_ZERO_FUNCS, *LOSE_ZERO_METHODS, shape=same_shape, channels=_unary_lose_zero)
+register(torch.clamp, torch.clip, "clamp", "clamp_", "clip", "clip_", shape=same_shape,
          channels=_clamp_channels)
-register(F.hardtanh, F.hardtanh_, shape=_unary_shape, channels=_hardtanh_channels)
+register(F.hardtanh, F.hardtanh_, shape=same_shape, channels=_hardtanh_channels)
 
 _BOOL = {torch.isnan, torch.isinf, torch.isfinite, torch.logical_not, "isnan", "isinf", "logical_not"}
 for _f in _BOOL:
@@ -131,34 +118,17 @@ _LOSE_ZERO_MODULES = [nn.Sigmoid, nn.Hardsigmoid, nn.Softplus, nn.LogSigmoid, nn
                       nn.FeatureAlphaDropout]
 
 
-def _mod_unary_shape(op):
-    args = op.args
-    return spec_like(args[0])
-
-
-def _mod_keep_zero(an, op):
-    args = op.args
-    x = args[0]
-    return TInfo(x.exprs, x.zm, x.shape)
-
-
-def _mod_lose_zero(an, op):
-    args = op.args
-    x = args[0]
-    return TInfo(x.exprs, False, x.shape)
-
-
 def _mod_hardtanh(an, op):
     mod, args = op.module, op.args
     x = args[0]
-    return TInfo(x.exprs, x.zm and mod.min_val <= 0 <= mod.max_val, x.shape)
+    return TInfo(x.exprs, x.keeps_zero and mod.min_val <= 0 <= mod.max_val, x.shape)
 
 
 for _c in _KEEP_ZERO_MODULES:
-    register(_c, shape=_mod_unary_shape, channels=_mod_keep_zero)
+    register(_c, shape=same_shape, channels=_unary_keep_zero)
 for _c in _LOSE_ZERO_MODULES:
-    register(_c, shape=_mod_unary_shape, channels=_mod_lose_zero)
-register(nn.Hardtanh, shape=_mod_unary_shape, channels=_mod_hardtanh)
+    register(_c, shape=same_shape, channels=_unary_lose_zero)
+register(nn.Hardtanh, shape=same_shape, channels=_mod_hardtanh)
 
 
 def _prelu_channels(an, op):
@@ -170,10 +140,10 @@ def _prelu_channels(an, op):
         cdim = 1 if x.ndim >= 2 else 0
         an.unify(x.exprs[cdim], an.pspace(key, 0))
         an.attr(node.target, "num_parameters", x.exprs[cdim])
-    return TInfo(x.exprs, x.zm, x.shape)
+    return TInfo(x.exprs, x.keeps_zero, x.shape)
 
 
-register(nn.PReLU, shape=_mod_unary_shape, channels=_prelu_channels)
+register(nn.PReLU, shape=same_shape, channels=_prelu_channels)
 
 
 # ---- binary and ternary ------------------------------------------------------------------------
@@ -199,7 +169,7 @@ def _scalar_fold(node, args):
     return SizeV(tuple(exprs), node.meta.get("value"))
 
 
-def bcast(an, node, operands, zm: bool) -> TInfo:
+def bcast(an, node, operands, keeps_zero: bool) -> TInfo:
     """Broadcast channel rule (see module docstring)."""
     out_shape = node.meta["shape"]
     tis = [o for o in operands if isinstance(o, TInfo)]
@@ -226,12 +196,12 @@ def bcast(an, node, operands, zm: bool) -> TInfo:
             if e is not cand:
                 an.unify(cand, e)
         exprs.append(cand)
-    return TInfo(tuple(exprs), zm, out_shape)
+    return TInfo(tuple(exprs), keeps_zero, out_shape)
 
 
 def _is_zero(a) -> bool:
     if isinstance(a, TInfo):
-        return a.zm
+        return a.keeps_zero
     try:
         return v(a) == 0
     except Exception:
@@ -261,7 +231,7 @@ def _div_like(an, op):
         return _scalar_fold(node, ops)
     out = bcast(an, node, ops, _is_zero(ops[0]))
     den = ops[1]
-    if isinstance(den, TInfo) and den.zm:
+    if isinstance(den, TInfo) and den.keeps_zero:
         for e in den.exprs:
             an.note(e, f"{an.where()} divides by channels that masking zeroes", grow=False)
     return out
@@ -272,8 +242,8 @@ def _pow_channels(an, op):
     base, ex = args[0], args[1]
     if not any(isinstance(a, TInfo) for a in (base, ex)):
         return _scalar_fold(node, (base, ex))
-    zm = isinstance(base, TInfo) and base.zm and not isinstance(ex, TInfo) and v(ex) > 0
-    return bcast(an, node, [base, ex], zm)
+    keeps_zero = isinstance(base, TInfo) and base.keeps_zero and not isinstance(ex, TInfo) and v(ex) > 0
+    return bcast(an, node, [base, ex], keeps_zero)
 
 
 def _cmp_channels(an, op):
@@ -292,7 +262,7 @@ def _where_channels(an, op):
 def _masked_fill_channels(an, op):
     node, args, kwargs = op.node, op.args, op.kwargs
     x, mask, value = args[0], args[1], args[2] if len(args) > 2 else kwargs.get("value")
-    return bcast(an, node, [x, mask], x.zm and _is_zero(value))
+    return bcast(an, node, [x, mask], x.keeps_zero and _is_zero(value))
 
 
 def _ternary_channels(an, op):
@@ -313,15 +283,11 @@ CMP_LIKE = [operator.eq, operator.ne, operator.lt, operator.le, operator.gt, ope
             torch.lt, torch.le, torch.gt, torch.ge, "eq", "ne", "lt", "le", "gt", "ge", operator.or_,
             operator.xor, torch.logical_or, torch.logical_xor, "logical_or", "logical_xor",
             torch.bitwise_or, torch.bitwise_xor]
-for _f in ADD_LIKE:
-    register(_f, shape=_bcast_shape, channels=_add_like)
-for _f in MUL_LIKE:
-    register(_f, shape=_bcast_shape, channels=_mul_like)
-for _f in DIV_LIKE:
-    register(_f, shape=_bcast_shape, channels=_div_like)
+register(*ADD_LIKE, shape=_bcast_shape, channels=_add_like)
+register(*MUL_LIKE, shape=_bcast_shape, channels=_mul_like)
+register(*DIV_LIKE, shape=_bcast_shape, channels=_div_like)
 register(torch.pow, operator.pow, "pow", "pow_", shape=_bcast_shape, channels=_pow_channels)
-for _f in CMP_LIKE:
-    register(_f, shape=_cmp_shape, channels=_cmp_channels)
+register(*CMP_LIKE, shape=_cmp_shape, channels=_cmp_channels)
 for _f in (operator.or_, operator.xor, torch.logical_or, torch.logical_xor, "logical_or", "logical_xor"):
     register(_f, shape=_cmp_shape)
 

@@ -111,7 +111,7 @@ def _getitem_channels(an, op):
             d += 1
     out_e.extend(x.exprs[d:])
     out_s.extend(x.shape[d:])
-    return TInfo(tuple(out_e), x.zm, node.meta["shape"])
+    return TInfo(tuple(out_e), x.keeps_zero, node.meta["shape"])
 
 
 register(operator.getitem, shape=_getitem_shape, channels=_getitem_channels)
@@ -133,11 +133,11 @@ def _narrow_channels(an, op):
         an.freeze(x.exprs[d], f"{an.where()}: narrows a channel dimension")
         e = list(x.exprs)
         e[d] = ("F", node.meta["shape"][d])
-        return TInfo(tuple(e), x.zm, node.meta["shape"])
+        return TInfo(tuple(e), x.keeps_zero, node.meta["shape"])
     e = list(x.exprs)
     if x.exprs[d][0] == "F":
         e[d] = ("F", node.meta["shape"][d])
-    return TInfo(tuple(e), x.zm, node.meta["shape"])
+    return TInfo(tuple(e), x.keeps_zero, node.meta["shape"])
 
 
 def _select_shape(op):
@@ -148,14 +148,39 @@ def _select_shape(op):
     return TSpec(s, x.dtype)
 
 
-def _select_channels(an, op):
-    node, args = op.node, op.args
-    x = args[0]
-    d = norm_dim(v(args[1]), x.ndim)
+def _indexed_dim(an, op, why: str):
+    """The input and the dimension an op indexes by value: channels picked that way freeze."""
+    x = op.args[0]
+    d = norm_dim(v(op.args[1]), x.ndim)
     if x.exprs[d][0] != "F":
-        an.freeze(x.exprs[d], f"{an.where()}: a single channel is selected by index")
-    return TInfo(tuple(e for i, e in enumerate(x.exprs) if i != d), x.zm, node.meta["shape"])
+        an.freeze(x.exprs[d], f"{an.where()}: {why}")
+    return x, d
+
+
+def _select_channels(an, op):
+    node = op.node
+    x, d = _indexed_dim(an, op, "a single channel is selected by index")
+    return TInfo(tuple(e for i, e in enumerate(x.exprs) if i != d), x.keeps_zero, node.meta["shape"])
 
 
 register(torch.narrow, "narrow", shape=_narrow_shape, channels=_narrow_channels)
 register(torch.select, "select", shape=_select_shape, channels=_select_channels)
+
+
+def _index_select_channels(an, op):
+    node = op.node
+    x, d = _indexed_dim(an, op, "gathers channels by index")
+    e = list(x.exprs)
+    e[d] = ("F", node.meta["shape"][d])
+    return TInfo(tuple(e), x.keeps_zero, node.meta["shape"])
+
+
+def _index_select_shape(op):
+    args = op.args
+    x, dim, index = args[0], v(args[1]), args[2]
+    s = list(shp(x))
+    s[norm_dim(dim, len(s))] = shp(index)[0] if shp(index) else 1
+    return TSpec(s, x.dtype)
+
+
+register(torch.index_select, "index_select", shape=_index_select_shape, channels=_index_select_channels)

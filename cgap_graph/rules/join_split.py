@@ -66,7 +66,7 @@ def _cat_channels(an, op):
             exprs.append(F1)
         else:
             exprs.append(_unify_dim(an, [x.exprs[j] for x in xs]))
-    return TInfo(tuple(exprs), all(x.zm for x in xs), node.meta["shape"])
+    return TInfo(tuple(exprs), all(x.keeps_zero for x in xs), node.meta["shape"])
 
 
 def _stack_shape(op):
@@ -86,7 +86,7 @@ def _stack_channels(an, op):
     d = norm_dim(dim, n + 1)
     exprs = [_unify_dim(an, [x.exprs[j] for x in xs]) if xs[0].shape[j] != 1 else F1 for j in range(n)]
     exprs.insert(d, ("F", len(tensors)))
-    return TInfo(tuple(exprs), all(x.zm for x in xs), node.meta["shape"])
+    return TInfo(tuple(exprs), all(x.keeps_zero for x in xs), node.meta["shape"])
 
 
 register(torch.cat, torch.concat, torch.concatenate, shape=_cat_shape, channels=_cat_channels)
@@ -117,16 +117,20 @@ def _split_args(node_or_args, kwargs):
     return x, size, dim
 
 
-def _split_shape(op):
-    args, kwargs = op.args, op.kwargs
-    x, size, dim = _split_args(args, kwargs)
+def _piece_specs(x, dim: int, sizes) -> tuple[TSpec, ...]:
+    """Specs of ``x`` cut along ``dim`` into pieces of the given sizes."""
     d = norm_dim(dim, len(shp(x)))
     out = []
-    for k in _split_sizes(shp(x)[d], size):
+    for k in sizes:
         s = list(shp(x))
         s[d] = k
         out.append(TSpec(s, x.dtype))
     return tuple(out)
+
+
+def _split_shape(op):
+    x, size, dim = _split_args(op.args, op.kwargs)
+    return _piece_specs(x, dim, _split_sizes(shp(x)[norm_dim(dim, len(shp(x)))], size))
 
 
 def _chunk_args(args, kwargs):
@@ -137,15 +141,8 @@ def _chunk_args(args, kwargs):
 
 
 def _chunk_shape(op):
-    args, kwargs = op.args, op.kwargs
-    x, chunks, dim = _chunk_args(args, kwargs)
-    d = norm_dim(dim, len(shp(x)))
-    out = []
-    for k in _chunk_sizes(shp(x)[d], v(chunks)):
-        s = list(shp(x))
-        s[d] = k
-        out.append(TSpec(s, x.dtype))
-    return tuple(out)
+    x, chunks, dim = _chunk_args(op.args, op.kwargs)
+    return _piece_specs(x, dim, _chunk_sizes(shp(x)[norm_dim(dim, len(shp(x)))], v(chunks)))
 
 
 def _pieces(an, x: TInfo, d: int, sizes):
@@ -164,7 +161,7 @@ def _outputs(x: TInfo, d: int, pieces, sizes):
         exprs[d] = p
         shape = list(x.shape)
         shape[d] = k
-        out.append(TInfo(tuple(exprs), x.zm, tuple(shape)))
+        out.append(TInfo(tuple(exprs), x.keeps_zero, tuple(shape)))
     return tuple(out)
 
 
@@ -225,7 +222,7 @@ def _unbind_channels(an, op):
         an.freeze(x.exprs[d], f"{an.where()}: channels are unbound one by one")
     exprs = tuple(e for i, e in enumerate(x.exprs) if i != d)
     shape = tuple(k for i, k in enumerate(x.shape) if i != d)
-    return tuple(TInfo(exprs, x.zm, shape) for _ in range(x.shape[d]))
+    return tuple(TInfo(exprs, x.keeps_zero, shape) for _ in range(x.shape[d]))
 
 
 register(torch.split, "split", shape=_split_shape, channels=_split_channels)
@@ -289,29 +286,7 @@ def _pad_channels(an, op):
             an.const((*base, 2 * k + 1), z, "width")
             parts.append(z)
         exprs[d] = concat(parts)
-    return TInfo(tuple(exprs), x.zm and zero, node.meta["shape"])
+    return TInfo(tuple(exprs), x.keeps_zero and zero, node.meta["shape"])
 
 
 register(F.pad, torch.constant_pad_nd, shape=_pad_shape, channels=_pad_channels)
-
-
-def _index_select_channels(an, op):
-    node, args = op.node, op.args
-    x = args[0]
-    d = norm_dim(v(args[1]), x.ndim)
-    if x.exprs[d][0] != "F":
-        an.freeze(x.exprs[d], f"{an.where()}: gathers channels by index")
-    e = list(x.exprs)
-    e[d] = ("F", node.meta["shape"][d])
-    return TInfo(tuple(e), x.zm, node.meta["shape"])
-
-
-def _index_select_shape(op):
-    args = op.args
-    x, dim, index = args[0], v(args[1]), args[2]
-    s = list(shp(x))
-    s[norm_dim(dim, len(s))] = shp(index)[0] if shp(index) else 1
-    return TSpec(s, x.dtype)
-
-
-register(torch.index_select, "index_select", shape=_index_select_shape, channels=_index_select_channels)

@@ -195,28 +195,25 @@ def _f_linear_channels(an, op):
     out_c = w.exprs[0] if w.ndim == 2 else F1
     if isinstance(b, TInfo):
         an.unify(out_c, b.exprs[0])
-    zm = w.zm
-    return TInfo((*x.exprs[:-1], *((out_c,) if w.ndim == 2 else ())), zm, node.meta["shape"])
+    keeps_zero = w.keeps_zero
+    return TInfo((*x.exprs[:-1], *((out_c,) if w.ndim == 2 else ())), keeps_zero, node.meta["shape"])
 
 
-def _f_conv_args(args, kwargs):
-    names = ["input", "weight", "bias", "stride", "padding", "dilation", "groups"]
-    vals = dict(zip(names, args))
-    vals.update(kwargs)
+def _f_conv_args(op):
+    vals = op.bind("input", "weight", "bias", "stride", "padding", "dilation", "groups")
     return (vals["input"], vals["weight"], vals.get("bias"), vals.get("stride", 1), vals.get("padding", 0),
             vals.get("dilation", 1), vals.get("groups", 1))
 
 
 def _f_conv_shape(op):
-    args, kwargs = op.args, op.kwargs
-    x, w, b, stride, padding, dilation, groups = _f_conv_args(args, kwargs)
+    x, w, b, stride, padding, dilation, groups = _f_conv_args(op)
     k = shp(w)[2:]
     return TSpec(conv_out_shape(shp(x), shp(w)[0], k, stride, padding, dilation), x.dtype)
 
 
 def _f_conv_channels(an, op):
-    node, args, kwargs = op.node, op.args, op.kwargs
-    x, w, b, stride, padding, dilation, groups = _f_conv_args(args, kwargs)
+    node = op.node
+    x, w, b, stride, padding, dilation, groups = _f_conv_args(op)
     groups = int(v(groups))
     nsp = w.ndim - 2
     out = conv_channels(an, node, x, node.name, "", None, groups, w.shape[1] * groups, w.shape[0], nsp,
@@ -238,7 +235,7 @@ def _f_embedding_shape(op):
 def _f_embedding_channels(an, op):
     node, args, kwargs = op.node, op.args, op.kwargs
     x, w = args[0], args[1] if len(args) > 1 else kwargs["weight"]
-    return TInfo((*x.exprs, w.exprs[1]), w.zm, node.meta["shape"])
+    return TInfo((*x.exprs, w.exprs[1]), w.keeps_zero, node.meta["shape"])
 
 
 register(F.linear, shape=_f_linear_shape, channels=_f_linear_channels)

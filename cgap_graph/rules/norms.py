@@ -112,39 +112,20 @@ register(nn.LocalResponseNorm, shape=same_shape, channels=_lrn_channels)
 
 
 # ---- functional forms ---------------------------------------------------------------------------------
-def _f_bn_channels(an, op):
-    args, kwargs = op.args, op.kwargs
-    names = ["input", "running_mean", "running_var", "weight", "bias"]
-    vals = dict(zip(names, args))
-    vals.update({k: kwargs[k] for k in names if k in kwargs})
+def _f_per_channel_channels(an, op):
+    """F.batch_norm and F.instance_norm: statistics and affine parameters follow the channel."""
+    vals = op.bind("input", "running_mean", "running_var", "weight", "bias")
     x = vals["input"]
-    c = x.exprs[1]
-    for name in names[1:]:
+    for name in ("running_mean", "running_var", "weight", "bias"):
         t = vals.get(name)
         if isinstance(t, TInfo):
-            an.unify(c, t.exprs[0])
-    return TInfo(x.exprs, isinstance(vals.get("weight"), TInfo) and isinstance(vals.get("bias"), TInfo), x.shape)
-
-
-def _f_in_channels(an, op):
-    args, kwargs = op.args, op.kwargs
-    names = ["input", "running_mean", "running_var", "weight", "bias"]
-    vals = dict(zip(names, args))
-    vals.update({k: kwargs[k] for k in names if k in kwargs})
-    x = vals["input"]
-    c = x.exprs[1]
-    for name in names[1:]:
-        t = vals.get(name)
-        if isinstance(t, TInfo):
-            an.unify(c, t.exprs[0])
+            an.unify(x.exprs[1], t.exprs[0])
     return TInfo(x.exprs, isinstance(vals.get("weight"), TInfo) and isinstance(vals.get("bias"), TInfo), x.shape)
 
 
 def _f_ln_channels(an, op):
-    node, args, kwargs = op.node, op.args, op.kwargs
-    names = ["input", "normalized_shape", "weight", "bias"]
-    vals = dict(zip(names, args))
-    vals.update({k: kwargs[k] for k in names if k in kwargs})
+    node = op.node
+    vals = op.bind("input", "normalized_shape", "weight", "bias")
     x = vals["input"]
     shape = v(vals["normalized_shape"])
     shape = list(shape) if isinstance(shape, (list, tuple)) else [shape]
@@ -169,18 +150,14 @@ def _f_ln_channels(an, op):
 
 
 def _f_rms_channels(an, op):
-    node, args, kwargs = op.node, op.args, op.kwargs
-    names = ["input", "normalized_shape", "weight"]
-    vals = dict(zip(names, args))
-    vals.update({k: kwargs[k] for k in names if k in kwargs})
+    node = op.node
+    vals = op.bind("input", "normalized_shape", "weight")
     return _f_ln_channels(an, Call((vals["input"], vals["normalized_shape"], vals.get("weight")), {}, node=node))
 
 
 def _f_gn_channels(an, op):
-    node, args, kwargs = op.node, op.args, op.kwargs
-    names = ["input", "num_groups", "weight", "bias"]
-    vals = dict(zip(names, args))
-    vals.update({k: kwargs[k] for k in names if k in kwargs})
+    node = op.node
+    vals = op.bind("input", "num_groups", "weight", "bias")
     x = vals["input"]
     c = x.exprs[1]
     g = int(v(vals["num_groups"]))
@@ -207,11 +184,11 @@ def _f_normalize_channels(an, op):
     dim = v(args[2]) if len(args) > 2 else v(kwargs.get("dim", 1))
     d = dim % x.ndim
     an.note(x.exprs[d], f"{an.where()} normalises across these channels (its norm changes)")
-    return TInfo(x.exprs, x.zm, x.shape)
+    return TInfo(x.exprs, x.keeps_zero, x.shape)
 
 
-register(F.batch_norm, shape=same_shape, channels=_f_bn_channels)
-register(F.instance_norm, shape=same_shape, channels=_f_in_channels)
+register(F.batch_norm, shape=same_shape, channels=_f_per_channel_channels)
+register(F.instance_norm, shape=same_shape, channels=_f_per_channel_channels)
 register(F.layer_norm, shape=same_shape, channels=_f_ln_channels)
 register(F.rms_norm, shape=same_shape, channels=_f_rms_channels)
 register(F.group_norm, shape=same_shape, channels=_f_gn_channels)

@@ -81,7 +81,7 @@ def pooled(an, node, x: TInfo, nsp: int, out_shape) -> TInfo:
         if x.exprs[d][0] != "F":
             an.freeze(x.exprs[d], f"{an.where()}: channels are pooled as a spatial dimension")
     exprs = (*x.exprs[:x.ndim - nsp], *(("F", s) for s in out_shape[x.ndim - nsp:]))
-    return TInfo(exprs, x.zm, tuple(out_shape))
+    return TInfo(exprs, x.keeps_zero, tuple(out_shape))
 
 
 def _mod_pool_channels(an, op):
@@ -105,14 +105,8 @@ def _f_pool(nsp, adaptive=False, avg=False):
         ["input", "kernel_size", "stride", "padding", "ceil_mode"] if avg else
         ["input", "kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"])
 
-    def parse(args, kwargs):
-        vals = dict(zip(names, args))
-        vals.update({k: kwargs[k] for k in kwargs if k in names})
-        return vals
-
     def shape(op):
-        args, kwargs = op.args, op.kwargs
-        a = parse(args, kwargs)
+        a = op.bind(*names)
         x = a["input"]
         if adaptive:
             out = _adaptive_out(shp(x), nsp, a["output_size"])
@@ -125,8 +119,8 @@ def _f_pool(nsp, adaptive=False, avg=False):
         return spec
 
     def channels(an, op):
-        node, args, kwargs = op.node, op.args, op.kwargs
-        a = parse(args, kwargs)
+        node = op.node
+        a = op.bind(*names)
         shape_ = node.meta["shape"]
         if v(a.get("return_indices", False)):
             out = pooled(an, node, a["input"], nsp, shape_[0])
@@ -215,7 +209,7 @@ def pixel_shuffled(an, node, x: TInfo, r: int, inverse: bool) -> TInfo:
         out_c, rr = an.t.factor(c, [out_shape[-3], r * r], an.where())
         an.unify(rr, ("F", r * r))
     exprs = (*x.exprs[:-3], out_c, ("F", out_shape[-2]), ("F", out_shape[-1]))
-    return TInfo(exprs, x.zm, out_shape)
+    return TInfo(exprs, x.keeps_zero, out_shape)
 
 
 register(nn.PixelShuffle, shape=lambda op: _pixel_shuffle_shape_r(op.args[0], op.module.upscale_factor, False),
@@ -234,7 +228,7 @@ def channel_shuffled(an, node, x: TInfo, g: int) -> tuple[TInfo, object]:
     c = x.exprs[1]
     G, J = an.t.factor(c, [g, x.shape[1] // g], an.where())
     exprs = (x.exprs[0], product((J, G)), *x.exprs[2:])
-    return TInfo(exprs, x.zm, node.meta["shape"]), G
+    return TInfo(exprs, x.keeps_zero, node.meta["shape"]), G
 
 
 def _mod_channel_shuffle(an, op):

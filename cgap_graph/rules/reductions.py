@@ -78,17 +78,17 @@ def _reduce_channels_fn(name):
         for d in dims:
             e = x.exprs[d]
             if an.spaces_in(e):
-                exact_prune = name in _SUM_LIKE and x.zm
+                exact_prune = name in _SUM_LIKE and x.keeps_zero
                 an.note(e, f"{an.where()} reduces over these channels", prune=not exact_prune, grow=True)
         if keep:
             exprs = tuple(("F", 1) if i in dims else e for i, e in enumerate(x.exprs))
         else:
             exprs = tuple(e for i, e in enumerate(x.exprs) if i not in dims)
         shape = node.meta["shape"]
-        zm = x.zm and name in _ZERO_KEEPING
+        keeps_zero = x.keeps_zero and name in _ZERO_KEEPING
         if isinstance(shape, tuple) and shape and isinstance(shape[0], tuple):
-            return (TInfo(exprs, zm, shape[0]), TInfo(exprs, False, shape[1]))
-        return TInfo(exprs, zm, shape)
+            return (TInfo(exprs, keeps_zero, shape[0]), TInfo(exprs, False, shape[1]))
+        return TInfo(exprs, keeps_zero, shape)
     return channels
 
 

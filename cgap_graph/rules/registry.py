@@ -38,7 +38,7 @@ A worked example, teaching the engine a user's op (``examples/custom_op.py`` run
 
     register_rule(scaled_relu,
                   shape=lambda op: TSpec(shp(op.args[0]), op.args[0].dtype),
-                  channels=lambda an, op: TInfo(op.args[0].exprs, op.args[0].zm, op.node.meta["shape"]))
+                  channels=lambda an, op: TInfo(op.args[0].exprs, op.args[0].keeps_zero, op.node.meta["shape"]))
 
 An op with no entry is traced on meta tensors and freezes every group it touches; it is named
 in the report, never guessed.
@@ -88,6 +88,12 @@ class Call:
         self.kwargs = kwargs
         self.module = module
         self.node = node
+
+    def bind(self, *names: str) -> dict[str, Any]:
+        """Arguments by parameter name, positional or keyword: ``op.bind("input", "weight")``."""
+        vals = dict(zip(names, self.args))
+        vals.update({k: self.kwargs[k] for k in names if k in self.kwargs})
+        return vals
 
     def __repr__(self) -> str:
         return f"Call({self.node or ''}, {len(self.args)} args, {sorted(self.kwargs)})"

@@ -180,14 +180,14 @@ def _view_channels(an, op):
     paths, raw = _size_arg_paths(node)
     if len(paths) == len(exprs):
         size_arg_slots(an, node, exprs, paths, raw)
-    return TInfo(tuple(exprs), x.zm, out_shape)
+    return TInfo(tuple(exprs), x.keeps_zero, out_shape)
 
 
 def _reshape_only_channels(an, op):
     node, args = op.node, op.args
     x = args[0]
     out_shape = node.meta["shape"]
-    return TInfo(tuple(reshape_exprs(an, x, out_shape)), x.zm, out_shape)
+    return TInfo(tuple(reshape_exprs(an, x, out_shape)), x.keeps_zero, out_shape)
 
 
 def _mod_reshape_channels(an, op):
@@ -203,7 +203,7 @@ def _unflatten_channels(an, op):
     if len(node.args) > 2 and isinstance(node.args[2], (list, tuple)):
         k = len(node.args[2])
         size_arg_slots(an, node, exprs[dim:dim + k], [("args", 2, i) for i in range(k)], list(node.args[2]))
-    return TInfo(tuple(exprs), x.zm, out_shape)
+    return TInfo(tuple(exprs), x.keeps_zero, out_shape)
 
 
 def _mod_unflatten_channels(an, op):
@@ -214,7 +214,7 @@ def _mod_unflatten_channels(an, op):
     dim = norm_dim(mod.dim, x.ndim)
     k = len(mod.unflattened_size)
     an.attr(node.target, "unflattened_size", tuple(exprs[dim:dim + k]))
-    return TInfo(tuple(exprs), x.zm, out_shape)
+    return TInfo(tuple(exprs), x.keeps_zero, out_shape)
 
 
 register("view", "reshape", torch.reshape, shape=_view_shape, channels=_view_channels)

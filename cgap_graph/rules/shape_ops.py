@@ -145,7 +145,7 @@ def _squeeze_channels(an, op):
         if x.exprs[d][0] != "F":
             an.freeze(x.exprs[d], f"{an.where()}: a channel of width 1 is squeezed away")
     keep = [i for i in range(x.ndim) if i not in drop]
-    return TInfo(tuple(x.exprs[i] for i in keep), x.zm, tuple(x.shape[i] for i in keep))
+    return TInfo(tuple(x.exprs[i] for i in keep), x.keeps_zero, tuple(x.shape[i] for i in keep))
 
 
 def _unsqueeze_channels(an, op):
@@ -155,11 +155,11 @@ def _unsqueeze_channels(an, op):
     e, s = list(x.exprs), list(x.shape)
     e.insert(dim, F1)
     s.insert(dim, 1)
-    return TInfo(tuple(e), x.zm, tuple(s))
+    return TInfo(tuple(e), x.keeps_zero, tuple(s))
 
 
 def _permuted(x: TInfo, p) -> TInfo:
-    return TInfo(tuple(x.exprs[d] for d in p), x.zm, tuple(x.shape[d] for d in p))
+    return TInfo(tuple(x.exprs[d] for d in p), x.keeps_zero, tuple(x.shape[d] for d in p))
 
 
 def _permute_channels(an, op):
@@ -204,7 +204,7 @@ def _expand_channels(an, op):
         e = exprs[k]
         if k >= lead and an.spaces_in(e) and not (isinstance(a, int) and a == -1):
             an.const(path, e, "infer")
-    return TInfo(tuple(exprs), x.zm, out_shape)
+    return TInfo(tuple(exprs), x.keeps_zero, out_shape)
 
 
 def _expand_as_channels(an, op):
@@ -223,7 +223,7 @@ def _expand_as_channels(an, op):
             if i >= lead and x.exprs[i - lead][0] != "F":
                 an.freeze(x.exprs[i - lead], f"{an.where()}: a channel of width 1 is expanded")
             exprs.append(oe)
-    return TInfo(tuple(exprs), x.zm, out_shape)
+    return TInfo(tuple(exprs), x.keeps_zero, out_shape)
 
 
 def _expand_as_shape(op):
@@ -248,7 +248,7 @@ def _repeat_channels(an, op):
             if e[0] != "F":
                 an.freeze(e, f"{an.where()}: channels are tiled")
             exprs.append(("F", out_shape[i]))
-    return TInfo(tuple(exprs), x.zm, out_shape)
+    return TInfo(tuple(exprs), x.keeps_zero, out_shape)
 
 
 def _reorder_freeze_channels(an, op):
@@ -262,7 +262,7 @@ def _reorder_freeze_channels(an, op):
     for d in dims:
         if x.exprs[d][0] != "F":
             an.freeze(x.exprs[d], f"{an.where()}: reorders channels")
-    return TInfo(x.exprs, x.zm, x.shape)
+    return TInfo(x.exprs, x.keeps_zero, x.shape)
 
 
 add_traits(torch.reshape, torch.flatten, torch.unflatten, torch.squeeze, torch.unsqueeze, torch.permute,

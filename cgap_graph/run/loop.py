@@ -28,8 +28,7 @@ from cgap_graph.io.atomic import atomic_write_text
 from cgap_graph.io.model_io import save_model
 from cgap_graph.io.outputs import check_run_dir
 from cgap_graph.passes.cgap.seed import group_key
-from cgap_graph.run import data as D
-from cgap_graph.run import distributed
+from cgap_graph.run import data, distributed
 from cgap_graph.run.checkpoint import (
     CHECKPOINT,
     DIST_REPORT,
@@ -129,7 +128,7 @@ def train_run(model: nn.Module | None, input_shape: tuple[int, ...], dataset: st
 def _open(model, input_shape, dataset, out, config, data_dir, resume, reference_widths, console, progress, meta,
           loss_fn, after_step, overwrite, inputs, overrides) -> _Run:
     """Check every input, then set up the hook, optimizer and loaders (nothing is written before)."""
-    D.check_fits(dataset, input_shape)
+    data.check_fits(dataset, input_shape)
     hint = (overrides or {}).get("device") or (config.device if config is not None else "cpu")
     ctx = distributed.setup(hint)
     saved = None
@@ -175,11 +174,11 @@ def _open(model, input_shape, dataset, out, config, data_dir, resume, reference_
 
 
 def _loaders(dataset: str, config: TrainConfig, data_dir, ctx) -> tuple:
-    train = D.loader(dataset, "train", config.batch_size, data_dir=data_dir, limit=config.train_limit,
+    train = data.loader(dataset, "train", config.batch_size, data_dir=data_dir, limit=config.train_limit,
                      seed=config.seed)
-    test = D.loader(dataset, "test", config.eval_batch_size, data_dir=data_dir, limit=config.test_limit,
+    test = data.loader(dataset, "test", config.eval_batch_size, data_dir=data_dir, limit=config.test_limit,
                     shuffle=False)
-    sal = D.loader(dataset, "train", config.batch_size, data_dir=data_dir, limit=config.train_limit,
+    sal = data.loader(dataset, "train", config.batch_size, data_dir=data_dir, limit=config.train_limit,
                    seed=config.seed + 1, augment=False)
     if ctx is not None:  # each rank takes its slice of the same global batches
         train, test, sal = map(ctx.shard, (train, test, sal))

@@ -48,7 +48,7 @@ from cgap_graph.passes.small_world import (
 from cgap_graph.passes.small_world.budget import check_density
 from cgap_graph.passes.small_world.optimise import kept_params, optimise
 from cgap_graph.passes.small_world.topology import check_probability
-from cgap_graph.run import data as D
+from cgap_graph.run import data
 from cgap_graph.run.checkpoint import CHECKPOINT
 from cgap_graph.run.config import TrainConfig
 from cgap_graph.run.epochs import evaluate
@@ -173,8 +173,8 @@ def train_small_world(model: nn.Module | None, input_shape: Sequence[int], datas
 def _start(out: Path, model: nn.Module, settings: dict[str, Any], data_dir, console) -> tuple[dict, nn.Module]:
     """Step 1: check the data, build and save the masks and settings; a masked copy of the model."""
     dataset, shape = settings["dataset"], tuple(settings["input_shape"])
-    D.check_fits(dataset, shape)
-    D.load_arrays(dataset, "test", data_dir)  # a missing dataset fails now, before anything is written
+    data.check_fits(dataset, shape)
+    data.load_arrays(dataset, "test", data_dir)  # a missing dataset fails now, before anything is written
     sw = build_masks(model, shape, settings["density"], topology=settings["topology"], p=settings["p"],
                      exclude=settings["exclude"], seed=settings["seed"], allocation=settings["allocation"])
     settings["p_chosen"] = sw.report.p
@@ -237,7 +237,7 @@ def _optimise_stage(run: _Run, masks, resume: bool) -> tuple[RunResult, dict[str
 def _optimise(train_dir: Path, shape, dataset, masks, settings, cfg: TrainConfig, data_dir):
     trained = load_model(str(train_dir / "model.pt")).model
     cg = trace(trained, shape)
-    loader = D.loader(dataset, "train", cfg.batch_size, data_dir=data_dir, limit=cfg.train_limit,
+    loader = data.loader(dataset, "train", cfg.batch_size, data_dir=data_dir, limit=cfg.train_limit,
                       seed=cfg.seed + 1, augment=False)
     new_masks, rep = optimise(cg, masks, rate=settings["prune_rate"], data=loader, saliency=settings["saliency"],
                               batches=cfg.saliency_batches)
@@ -246,7 +246,7 @@ def _optimise(train_dir: Path, shape, dataset, masks, settings, cfg: TrainConfig
 
 def _evaluate_only(cg, shape, dataset, ft_dir: Path, cfg: TrainConfig, data_dir, meta) -> RunResult:
     """No fine-tuning: the optimised model as it is, evaluated and saved like a finished run."""
-    test = D.loader(dataset, "test", cfg.eval_batch_size, data_dir=data_dir, limit=cfg.test_limit, shuffle=False)
+    test = data.loader(dataset, "test", cfg.eval_batch_size, data_dir=data_dir, limit=cfg.test_limit, shuffle=False)
     acc = evaluate(cg.module, test, torch.device("cpu")).accuracy
     save_model(cg.module, ft_dir / "model.pt", meta={**meta, "input_shape": list(shape)})
     res = RunResult(ft_dir, 0, acc, cg.param_count(), cg.flops(), {g.id: g.width for g in cg.groups}, 0.0, 0.0)

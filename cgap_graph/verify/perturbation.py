@@ -14,7 +14,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from cgap_graph.ir.graph import ChannelGraph
+from cgap_graph.ir.graph import ChannelGraph, flat_nodes
 from cgap_graph.ir.values import TInfo
 from cgap_graph.verify.inputs import random_inputs
 
@@ -233,7 +233,7 @@ def _observed_nodes(cg: ChannelGraph) -> list[fx.Node]:
                 if isinstance(a, fx.Node) and isinstance(cg.an.vals.get(a), TInfo):
                     observed_at.append(a)
         if n.op == "output":
-            for a in _flat_nodes(n.args[0]):
+            for a in flat_nodes(n.args[0]):
                 if isinstance(cg.an.vals.get(a), TInfo):
                     observed_at.append(a)
     return list(dict.fromkeys(observed_at))
@@ -357,16 +357,6 @@ def _predicted(t, ov: TInfo, units: dict[int, int]) -> np.ndarray | None:
         out = np.logical_and.outer(out, m)
     return out
 
-
-def _flat_nodes(a):
-    if isinstance(a, fx.Node):
-        yield a
-    elif isinstance(a, (tuple, list)):
-        for x in a:
-            yield from _flat_nodes(x)
-    elif isinstance(a, dict):
-        for x in a.values():
-            yield from _flat_nodes(x)
 
 
 def _layer_norm_free_stats(cg: ChannelGraph, env: dict) -> dict:
