@@ -21,7 +21,7 @@ from cgap_graph.errors import BadValue, CgapError, InputShapeError
 from cgap_graph.io.model_io import LoadedModel, load_model
 from cgap_graph.ir.graph import ChannelGraph, trace
 
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)  # long lines stay whole (logs, grep)
 err = Console(stderr=True, soft_wrap=True, highlight=False)  # one line per message, never wrapped
 
 MAX_INPUT_SIZE = 1 << 20  # per dimension

@@ -39,19 +39,29 @@ def demo(
     """
     def body():
         check_number("epochs", epochs, 1, 1000)
-        cfg = TrainConfig(epochs=epochs, batch_size=64, lr=0.05, lr_decay_every=0.5, f_growth=0.5, beta=0.6,
-                          prune_start=0.6, prune_end=0.8, tau_accu=0.8, gamma_w=0.3, saliency_batches=4,
-                          eval_batch_size=500).validate()
-        torch.manual_seed(0)
-        cg = trace(zoo.build("lenet5"), SHAPE)
-        rep = seed_pass(cg, 0.25, select="first", reinit=True)
-        console.print("[bold]cgap-graph demo[/bold]: LeNet-5 seed (a quarter of 20-50-500-10) on the built-in "
-                      "MNIST subset (3,000 training / 1,000 test images)")
-        res = train_run(cg.module, SHAPE, "mnist-mini", out, cfg, reference_widths=rep.reference_widths,
-                        console=console, meta={"model": "lenet5", "dataset": "mnist-mini"}, overwrite=overwrite)
-        _print_run(res)
-        _deploy(out)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # the same figures on every machine: float sums do not depend on threads
+        try:
+            _run(epochs, out, overwrite)
+        finally:
+            torch.set_num_threads(threads)
     run_command(body)
+
+
+def _run(epochs: int, out: Path, overwrite: bool) -> None:
+    """Seed, train with CGaP, export, cost."""
+    cfg = TrainConfig(epochs=epochs, batch_size=64, lr=0.05, lr_decay_every=0.5, f_growth=0.5, beta=0.6,
+                      prune_start=0.6, prune_end=0.8, tau_accu=0.8, gamma_w=0.3, saliency_batches=4,
+                      eval_batch_size=500).validate()
+    torch.manual_seed(0)
+    cg = trace(zoo.build("lenet5"), SHAPE)
+    rep = seed_pass(cg, 0.25, select="first", reinit=True)
+    console.print("[bold]cgap-graph demo[/bold]: LeNet-5 seed (a quarter of 20-50-500-10) on the built-in "
+                  "MNIST subset (3,000 training / 1,000 test images)")
+    res = train_run(cg.module, SHAPE, "mnist-mini", out, cfg, reference_widths=rep.reference_widths,
+                    console=console, meta={"model": "lenet5", "dataset": "mnist-mini"}, overwrite=overwrite)
+    _print_run(res)
+    _deploy(out)
 
 
 def _deploy(out: Path) -> None:

@@ -128,7 +128,6 @@ def train_run(model: nn.Module | None, input_shape: tuple[int, ...], dataset: st
 def _open(model, input_shape, dataset, out, config, data_dir, resume, reference_widths, console, progress, meta,
           loss_fn, after_step, overwrite, inputs, overrides) -> _Run:
     """Check every input, then set up the hook, optimizer and loaders (nothing is written before)."""
-    data.check_fits(dataset, input_shape)
     hint = (overrides or {}).get("device") or (config.device if config is not None else "cpu")
     ctx = distributed.setup(hint)
     saved = None
@@ -139,6 +138,7 @@ def _open(model, input_shape, dataset, out, config, data_dir, resume, reference_
         model, _ = serialize.from_payload(saved["model"])
     else:
         config.validate()
+    data.check_fits(dataset, input_shape)
     device = torch.device(config.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise CgapError(f"--device {config.device}: no CUDA device is available here; use --device cpu")
@@ -160,7 +160,7 @@ def _open(model, input_shape, dataset, out, config, data_dir, resume, reference_
     if saved is not None:
         _restore(run, saved)
         console.print(f"resuming {out} at epoch {saved['epoch'] + 1} of {config.epochs}" +
-                      (f" ({'; '.join(applied)})" if applied else ""))
+                      (f" ({'; '.join(applied)})" if applied else ""), soft_wrap=True, markup=False)
     elif run.main:
         for name in RUN_FILES:  # overwrite=True: the old run's files go, none is mixed into the new one
             (out / name).unlink(missing_ok=True)
