@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from cgap_graph.io.outputs import check_output
+from cgap_graph.io.outputs import OutputError, check_output
 
 
 def _umask() -> int:
@@ -54,7 +54,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` then move the result to ``path`` in one step."""
     path = check_output(path, flag="output")
     _sweep_stale(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror} in {path.parent}; choose another output") from None
     os.close(fd)
     try:
         write(tmp)

@@ -161,15 +161,17 @@ def load_model(model: str, *, arch: str | None = None, arch_kwargs: dict[str, An
 
 # Weights a real build may take: beyond this, only shape-only work (inspect) is possible.
 MAX_REAL_PARAMS = 2_000_000_000
+MAX_WIDTH = 10_000.0  # a zoo model this many times as wide is already beyond any memory
 
 
 def _build_zoo(name: str, width: float, shape_only: bool) -> nn.Module:
-    if not (isinstance(width, (int, float)) and math.isfinite(width) and width > 0):
-        raise ModelLoadError(f"--width must be a finite number > 0 (a width multiplier, e.g. 0.125), got {width}")
+    if not (isinstance(width, (int, float)) and math.isfinite(width) and 0 < width <= MAX_WIDTH):
+        raise ModelLoadError(f"--width must be a finite number in (0, {MAX_WIDTH:g}] (a width multiplier, e.g. 0.125), "
+                             f"got {width}")
     try:
         with torch.device("meta"):
             meta = zoo.build(name, width=width)
-    except (ValueError, RuntimeError, OverflowError) as exc:
+    except (ValueError, RuntimeError, OverflowError, TypeError) as exc:
         raise ModelLoadError(f"cannot build {name} at --width {width}: {exc}") from None
     if shape_only:
         return meta
