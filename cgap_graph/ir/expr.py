@@ -565,6 +565,26 @@ class SpaceTable:
             out = np.maximum(out[:, None], ids[None, :]).reshape(-1)
         return out
 
+    def dropped(self, e: Expr, dead: Mapping[int, np.ndarray]) -> np.ndarray:
+        """For each position of layout ``e``: does it hold a unit listed in ``dead`` (leaf rep ->
+        unit indices)? One call covers every group at once (masking, folding, zeroing)."""
+        e = self.norm(e)
+        tag = e[0]
+        if tag == "F":
+            return np.zeros(e[1], dtype=bool)
+        if tag == "S":
+            mask = np.zeros(self._width[e[1]], dtype=bool)
+            units = dead.get(e[1])
+            if units is not None:
+                mask[units] = True
+            return mask
+        if tag == "C":
+            return np.concatenate([self.dropped(p, dead) for p in e[1]])
+        out = np.zeros(1, dtype=bool)
+        for f in e[1]:
+            out = (out[:, None] | self.dropped(f, dead)[None, :]).reshape(-1)
+        return out
+
     def set_width(self, s: int, w: int) -> None:
         r = self.find(s)
         if r in self._refined:

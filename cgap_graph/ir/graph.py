@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import networkx as nx
+import numpy as np
 import torch
 import torch.fx as fx
 from torch import nn
 
 from cgap_graph.errors import InputShapeError, TraceError
 from cgap_graph.io.atomic import atomic_write_bytes
+from cgap_graph.ir.copies import copy_module
 from cgap_graph.ir.analysis import Analyzer, describe_target, iter_tinfos
 from cgap_graph.ir.expr import Expr
 from cgap_graph.ir.flops import count_flops
@@ -146,6 +148,7 @@ class ChannelGraph:
                 for leaf in t.leaves(e):
                     order[leaf] = None
         self._members: dict[int, list[Member]] | None = None
+        self._slot_index: dict[int, list] | None = None
         self.groups: list[Group] = []
         self._by_space: dict[int, Group] = {}
         frozen, pn, gn, widths = t.frozen, t.prune_notes, t.grow_notes, t._width
@@ -179,6 +182,25 @@ class ChannelGraph:
                     members.setdefault(leaf, []).append(
                         Member("const", f"{c.node}:{'.'.join(map(str, c.path[1:]))}", "const"))
         return members
+
+    def slots_of(self, space: int) -> list:
+        """The parameter slots a group's space appears in (an index: most slots hold one group)."""
+        if self._slot_index is None:
+            index: dict[int, list] = {}
+            for slot in self.an.slots.values():
+                for leaf in dict.fromkeys(self.an.t.leaves(slot.expr)):
+                    index.setdefault(leaf, []).append(slot)
+            self._slot_index = index
+        return self._slot_index.get(self.an.t.find(space), [])
+
+    def invalidate(self) -> None:
+        """Slots were added (a bias to fold into): indexes over them are rebuilt on next use."""
+        self._members = None
+        self._slot_index = None
+
+    def dead_by_space(self, units: dict[int, Any]) -> dict[int, np.ndarray]:
+        """``{group id: units}`` as ``{space: index array}`` (what ``SpaceTable.dropped`` takes)."""
+        return {self.group(gid).space: np.asarray(list(us), dtype=np.int64) for gid, us in units.items()}
 
     def group(self, gid: int) -> Group:
         if not 0 <= gid < len(self.groups):
@@ -219,7 +241,7 @@ class ChannelGraph:
         attrs: dict[str, Any] = {}
         for node in self.graph.nodes:
             if node.op == "call_module" and node.target not in attrs:
-                attrs[node.target] = copy.deepcopy(root.get_submodule(node.target), memo)
+                attrs[node.target] = copy_module(root.get_submodule(node.target), memo)
         for node in self.graph.nodes:
             if node.op == "get_attr" and node.target not in attrs:
                 t = self.traced.tensors[node.target]
@@ -304,6 +326,52 @@ class ChannelGraph:
         n = len(self.groups)
         r = sum(1 for g in self.groups if g.resizable)
         return f"ChannelGraph({len(self.graph.nodes)} nodes, {n} groups, {r} resizable)"
+
+
+def output_shapes(self) -> list:
+        return output_shapes(self.graph)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "inputs": [list(s.shape) for s in self.input_specs],
+            "params": self.param_count(),
+            "flops": self.flops(),
+            "groups": [g.summary() for g in self.groups],
+            "unknown_ops": [{"node": n, "op": op, "reason": r} for n, op, r in self.unknown_ops],
+            "opaque_modules": dict(self.opaque_modules),
+        }
+
+    def __repr__(self) -> str:
+        n = len(self.groups)
+        r = sum(1 for g in self.groups if g.resizable)
+        return f"ChannelGraph({len(self.graph.nodes)} nodes, {n} groups, {r} resizable)"
+
+
+def _copy_module(mod: nn.Module, memo: dict[int, Any]) -> nn.Module:
+    """A copy with its own tensors (shared ones stay shared through ``memo``). A childless layer
+    (nearly every leaf) is copied field by field, several times faster than ``deepcopy``."""
+    if mod._modules or hasattr(type(mod), "__deepcopy__"):
+        return copy.deepcopy(mod, memo)
+    new = copy.copy(mod)
+    new.__dict__ = dict(mod.__dict__)
+    for name in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_state_dict_hooks"):
+        if name in new.__dict__:
+            new.__dict__[name] = type(new.__dict__[name])(new.__dict__[name])
+    new._parameters = {k: _copy_tensor(p, memo) for k, p in mod._parameters.items()}
+    new._buffers = {k: _copy_tensor(b, memo) for k, b in mod._buffers.items()}
+    new._modules = {}
+    return new
+
+
+def _copy_tensor(t: torch.Tensor | None, memo: dict[int, Any]):
+    if t is None:
+        return None
+    out = memo.get(id(t))
+    if out is None:
+        data = t.detach().clone()
+        out = memo[id(t)] = nn.Parameter(data, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) \
+            else data
+    return out
 
 
 def output_shapes(graph: fx.Graph) -> list:

@@ -41,6 +41,7 @@ def preserve_init(change: SlotChange, ctx: SurgeryContext) -> torch.Tensor:
     bilinear product) are divided by the number of copies of their unit."""
     t = ctx.cg.an.t
     out = change.new
+    fresh = bool(change.index)  # a gathered copy: scaling it in place changes nothing else
     for slot in change.slots:
         if slot.role == "consume":
             split = None
@@ -53,7 +54,9 @@ def preserve_init(change: SlotChange, ctx: SurgeryContext) -> torch.Tensor:
             continue
         shape = [1] * out.dim()
         shape[slot.dim] = -1
-        out = out * torch.as_tensor(f, dtype=out.dtype, device=out.device).view(shape)
+        factor = torch.as_tensor(f, dtype=out.dtype, device=out.device).view(shape)
+        out = out.mul_(factor) if fresh else out * factor
+        fresh = True
     return out
 
 

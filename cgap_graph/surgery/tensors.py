@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import nn
 
+# module path -> module, per root module: a surgery looks the same few hundred paths up thousands
+# of times, and submodules keep their identity through it (only their tensors are replaced)
+_PATHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
 
 def owner(gm: nn.Module, key: str) -> tuple[nn.Module, str]:
+    """The module holding ``key`` and the attribute name in it."""
     mod_path, _, name = key.rpartition(".")
-    return (gm.get_submodule(mod_path) if mod_path else gm), name
+    if not mod_path:
+        return gm, name
+    paths = _PATHS.get(gm)
+    if paths is None:
+        paths = _PATHS[gm] = {}
+    mod = paths.get(mod_path)
+    if mod is None:
+        mod = paths[mod_path] = gm.get_submodule(mod_path)
+    return mod, name
 
 
 def get_tensor(gm: nn.Module, key: str) -> torch.Tensor:

@@ -29,6 +29,7 @@ from cgap_graph.ir.graph import ChannelGraph
 from cgap_graph.passes.cgap.grow import check_rates
 from cgap_graph.passes.cgap.saliency import Saliency, unit_weights, weight_slots
 from cgap_graph.surgery import SurgeryReport, apply_selection, get_tensor, mask_channels
+from cgap_graph.surgery.masking import dropped_positions
 from cgap_graph.verify import random_inputs
 
 
@@ -195,29 +196,36 @@ def remove_units(cg: ChannelGraph, dead: dict[int, list[int]], *, fold: bool = T
         _fold_constants(cg, dead, report)
     mask_channels(cg, dead)
     if shrink:
-        keep = {gid: [u for u in range(cg.group(gid).width) if u not in set(units)] for gid, units in dead.items()}
+        keep = {gid: _complement(cg.group(gid).width, units) for gid, units in dead.items()}
         report.surgery = apply_selection(cg, keep)
     return report
+
+
+def _complement(width: int, units) -> np.ndarray:
+    keep = np.ones(width, dtype=bool)
+    keep[np.asarray(list(units), dtype=np.int64)] = False
+    return np.flatnonzero(keep)
 
 
 @torch.no_grad()
 def zero_filters(cg: ChannelGraph, dead: dict[int, list[int]]) -> None:
     """Alg. 3, l. 7: zero the removed units' filters (producer weights), biases and norms untouched."""
-    t = cg.an.t
-    gm = cg.module
-    for gid, units in dead.items():
-        g = cg.group(gid)
-        for s in weight_slots(cg):
-            if s.role != "produce":
-                continue
-            ids = t.unit_ids(s.expr, g.space)
-            pos = np.nonzero(np.isin(ids, units))[0]
-            if pos.size:
-                get_tensor(gm, s.key).index_fill_(s.dim, torch.as_tensor(pos), 0.0)
+    producers = [s for s in weight_slots(cg) if s.role == "produce"]
+    for s, pos in dropped_positions(cg, producers, cg.dead_by_space(dead)):
+        w = get_tensor(cg.module, s.key)
+        w.index_fill_(s.dim, torch.as_tensor(pos, device=w.device), 0.0)
+
+
+PROBE_SIZE = 32  # spatial size of the folding probe where the model accepts it
 
 
 def _reader_inputs(cg: ChannelGraph) -> dict[str, torch.Tensor]:
-    """Inputs of every call_module reader on a random probe batch (eval mode)."""
+    """Inputs of every call_module reader on a random probe batch (eval mode).
+
+    A removed unit's value is a constant that per-channel ops (norms, activations, pooling,
+    adds) carry unchanged at any resolution, so the probe runs at a small spatial size when the
+    model accepts one (a fixed-size flatten or position embedding does not: then at full size).
+    Channels that are not constant at the small size are not constant at the full one either."""
     gm = cg.module
     seen: dict[str, torch.Tensor] = {}
 
@@ -227,11 +235,18 @@ def _reader_inputs(cg: ChannelGraph) -> dict[str, torch.Tensor]:
                 seen[target] = args[0]
             return super().call_module(target, args, kwargs)
 
+    full = random_inputs(cg, batch=2, seed=123)
+    small = [x[..., :PROBE_SIZE, :PROBE_SIZE] if x.dim() >= 4 and x.is_floating_point() else x for x in full]
     was = gm.training
     gm.eval()
     try:
-        Rec(gm).run(*random_inputs(cg, batch=2, seed=123) if cg.input_specs[0].shape[0] == 1
-                    else random_inputs(cg, seed=123))
+        if any(a.shape != b.shape for a, b in zip(small, full)):
+            try:
+                Rec(gm).run(*small)
+                return seen
+            except Exception:  # the model needs its own input size
+                seen.clear()
+        Rec(gm).run(*full)
     finally:
         gm.train(was)
     return seen
@@ -239,45 +254,43 @@ def _reader_inputs(cg: ChannelGraph) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def _fold_constants(cg: ChannelGraph, dead: dict[int, list[int]], report: PruneReport) -> None:
-    t = cg.an.t
+    readers = [s for s in weight_slots(cg) if s.role == "consume"]
+    found = list(dropped_positions(cg, readers, cg.dead_by_space(dead)))
+    inputs = _reader_inputs(cg) if found else {}
+    for s, pos in found:
+        _fold_one(cg, s, pos, inputs, report)
+
+
+def _fold_one(cg: ChannelGraph, s: Slot, pos: np.ndarray, inputs: dict, report: PruneReport) -> None:
+    """Fold the constant that removed channels ``pos`` feed a reader into its bias, if exact."""
     gm = cg.module
-    inputs = _reader_inputs(cg)
-    for gid, units in dead.items():
-        g = cg.group(gid)
-        for s in list(weight_slots(cg)):
-            if s.role != "consume":
-                continue
-            mod_path, _, pname = s.key.rpartition(".")
-            ids = t.unit_ids(s.expr, g.space)
-            pos = np.nonzero(np.isin(ids, units))[0]
-            if pos.size == 0:
-                continue
-            mod = gm.get_submodule(mod_path) if mod_path else None
-            x = inputs.get(mod_path)
-            if not isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) or pname != "weight" or x is None:
-                report.not_folded.append(f"{s.key}: reader is not a Linear/Conv module")
-                continue
-            cdim = x.dim() - 1 if isinstance(mod, nn.Linear) else x.dim() - len(mod.kernel_size) - 1
-            vals = x.movedim(cdim, 0)[torch.as_tensor(pos)].reshape(len(pos), -1)
-            c = vals[:, 0]
-            if (vals.max(1).values - vals.min(1).values).abs().max() > 1e-6 * (1 + c.abs().max()):
-                report.not_folded.append(f"{s.key}: the removed channels are not constant there")
-                continue
-            if c.abs().max() == 0:
-                continue
-            if isinstance(mod, nn.Linear):
-                contrib = mod.weight[:, torch.as_tensor(pos)] @ c
-            else:
-                if mod.groups != 1 or any(p != 0 for p in _padding(mod)):
-                    report.not_folded.append(
-                        f"{mod_path}: a constant of up to {float(c.abs().max()):.3g} from removed channels cannot be "
-                        "folded exactly into a padded or grouped convolution")
-                    continue
-                contrib = (mod.weight[:, torch.as_tensor(pos)] * c.view(1, -1, *([1] * len(mod.kernel_size)))
-                           ).flatten(1).sum(1)
-            _ensure_bias(cg, mod_path, s)
-            mod.bias += contrib
-            report.folded.append(f"{mod_path}: folded {len(pos)} constant input(s) into the bias")
+    mod_path, _, pname = s.key.rpartition(".")
+    mod = gm.get_submodule(mod_path) if mod_path else None
+    x = inputs.get(mod_path)
+    if not isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) or pname != "weight" or x is None:
+        report.not_folded.append(f"{s.key}: reader is not a Linear/Conv module")
+        return
+    cdim = x.dim() - 1 if isinstance(mod, nn.Linear) else x.dim() - len(mod.kernel_size) - 1
+    vals = x.movedim(cdim, 0)[torch.as_tensor(pos)].reshape(len(pos), -1)
+    c = vals[:, 0]
+    if (vals.max(1).values - vals.min(1).values).abs().max() > 1e-6 * (1 + c.abs().max()):
+        report.not_folded.append(f"{s.key}: the removed channels are not constant there")
+        return
+    if c.abs().max() == 0:
+        return
+    if isinstance(mod, nn.Linear):
+        contrib = mod.weight[:, torch.as_tensor(pos)] @ c
+    else:
+        if mod.groups != 1 or any(p != 0 for p in _padding(mod)):
+            report.not_folded.append(
+                f"{mod_path}: a constant of up to {float(c.abs().max()):.3g} from removed channels cannot be "
+                "folded exactly into a padded or grouped convolution")
+            return
+        contrib = (mod.weight[:, torch.as_tensor(pos)] * c.view(1, -1, *([1] * len(mod.kernel_size)))
+                   ).flatten(1).sum(1)
+    _ensure_bias(cg, mod_path, s)
+    mod.bias += contrib
+    report.folded.append(f"{mod_path}: folded {len(pos)} constant input(s) into the bias")
 
 
 def _padding(mod) -> tuple:
@@ -301,4 +314,4 @@ def _ensure_bias(cg: ChannelGraph, mod_path: str, weight_slot: Slot) -> None:
     cg.traced.attr_kind.setdefault(key, "param")
     if wslot is not None:
         cg.an.slots[(key, 0)] = Slot(key, 0, wslot.expr, "produce")
-    cg._members = None
+    cg.invalidate()

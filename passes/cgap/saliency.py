@@ -49,11 +49,15 @@ class Saliency:
 def weight_slots(cg: ChannelGraph):
     """Slots on weight tensors (2+ dims): conv/linear weights and weight-like parameters."""
     for slot in cg.an.slots.values():
-        if cg.traced.attr_kind.get(slot.key, "param") != "param":
-            continue
-        t = cg.traced.tensors.get(slot.key)
-        if t is not None and t.dim() >= 2 and slot.role in ("produce", "consume"):
+        if _is_weight_slot(cg, slot):
             yield slot
+
+
+def _is_weight_slot(cg: ChannelGraph, slot) -> bool:
+    if cg.traced.attr_kind.get(slot.key, "param") != "param" or slot.role not in ("produce", "consume"):
+        return False
+    t = cg.traced.tensors.get(slot.key)
+    return t is not None and t.dim() >= 2
 
 
 def weight_scores(cg: ChannelGraph, data: Iterable | None = None, *, mode: str = "taylor", batches: int = 10,
@@ -70,7 +74,7 @@ def weight_scores(cg: ChannelGraph, data: Iterable | None = None, *, mode: str =
     keys = sorted({s.key for s in weight_slots(cg)})
     params = {k: get_tensor(gm, k) for k in keys}
     if mode == "magnitude":
-        return Saliency(mode, {k: p.detach().abs().clone() for k, p in params.items()})
+        return Saliency(mode, {k: p.detach().abs() for k, p in params.items()})  # abs() is a new tensor
     if mode == "random":
         g = generator or torch.Generator().manual_seed(0)
         return Saliency(mode, {k: torch.rand(p.shape, generator=g) for k, p in params.items()})
@@ -127,7 +131,10 @@ def unit_weights(cg: ChannelGraph, gid: int, slots: list | None = None) -> list:
     t = cg.an.t
     space = cg.group(gid).space
     producers, readers = [], []
-    for s in slots if slots is not None else weight_slots(cg):
+    allowed = None if slots is None else {id(s) for s in slots}
+    for s in cg.slots_of(space):
+        if not _is_weight_slot(cg, s) or (allowed is not None and id(s) not in allowed):
+            continue
         ids = t.unit_ids(s.expr, space)
         if (ids < 0).all():
             continue

@@ -1,0 +1,228 @@
+"""Surgery end to end against Torch-Pruning and against the clone-time limit (issue 12).
+
+    python benchmarks/surgery_speed.py [--repeats 3] [--models resnet18,vit_b_16] [--quick]
+
+For each model, in one interleaved run (one thread, medians of ``--repeats``):
+
+- (a) trace + analysis (``cgap_graph.trace``) against Torch-Pruning's ``DependencyGraph.build_dependency``;
+- (b) from the ``nn.Module``: trace + magnitude scores + remove 50% of every prunable group + shrink,
+  against Torch-Pruning's MetaPruner (graph build + L1 importance + one step at ratio 0.5, the
+  classifier head ignored);
+- (c) trace + magnitude scores + grow every growable group by beta 0.6 (``preserve``);
+- (d) the limit: cloning the model's parameters once (``state_dict`` clone): a surgery must at
+  least copy what it keeps.
+
+Untimed, on a copy whose norms and zero-initialised parameters are randomised so a channel mix-up
+cannot hide: masked == shrunk (max |diff| relative to max |output|) after (b). Then a transformer of
+over 1B parameters is traced and a pruning plan made on the meta device (time and peak memory, in
+a subprocess). Writes benchmarks/results/surgery_speed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "benchmarks")]
+
+from common import machine, write_json  # noqa: E402
+from tv import import_torchvision  # noqa: E402
+
+import cgap_graph as cg  # noqa: E402
+from cgap_graph.passes.cgap.grow import grow  # noqa: E402
+from cgap_graph.passes.cgap.prune import prune_units, remove_units  # noqa: E402
+from cgap_graph.passes.cgap.saliency import saliency  # noqa: E402
+from cgap_graph.verify import randomize_norm_stats  # noqa: E402
+
+TORCHVISION = [("resnet18", 224), ("resnet50", 224), ("mobilenet_v2", 224), ("mobilenet_v3_large", 224),
+               ("efficientnet_b0", 224), ("densenet121", 224), ("googlenet", 224), ("inception_v3", 299),
+               ("regnet_y_400mf", 224), ("convnext_tiny", 224), ("vit_b_16", 224), ("swin_t", 224)]
+ZOO = ["resnet56", "resnet110", "vgg16", "densenet", "mobilenetv2", "se_resnet", "vit"]
+
+
+def build(name: str):
+    """(model, input shape, classifier head) for a torchvision or zoo name."""
+    if name in ZOO:
+        model = cg.zoo.build(name).eval()
+        return model, cg.zoo.input_shape(name)
+    import torchvision.models as M
+    res = dict(TORCHVISION)[name]
+    kw = {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
+    model = getattr(M, name)(**kw).eval()
+    return model, (1, 3, res, res)
+
+
+def head_of(model: nn.Module) -> nn.Module:
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1]
+
+
+def ours_prune(model, shape):
+    g = cg.trace(model, shape)
+    rep = prune_units(g, saliency(g, mode="magnitude"), 0.5)
+    return g, rep
+
+
+def ours_grow(model, shape):
+    g = cg.trace(model, shape)
+    grow(g, saliency(g, mode="magnitude"), 0.6, init="preserve")
+    return g
+
+
+def tp_build(model, example):
+    import torch_pruning as tp
+    return tp.DependencyGraph().build_dependency(model, example_inputs=example)
+
+
+def tp_prune(model, example):
+    import torch_pruning as tp
+    pruner = tp.pruner.MetaPruner(model, example, importance=tp.importance.MagnitudeImportance(p=1),
+                                  pruning_ratio=0.5, ignored_layers=[head_of(model)])
+    pruner.step()
+    return model
+
+
+def clone(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def timed(fn) -> float:
+    gc.collect()
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def masked_vs_shrunk(model, shape) -> tuple[float, bool]:
+    """Relative max |masked - shrunk| after removing the lowest half of every group, and whether
+    any removed group reports inexact (normalised across channels)."""
+    probe = randomize_norm_stats(copy.deepcopy(model)).eval()
+    x = torch.randn(2, *shape[1:], generator=torch.Generator().manual_seed(0))
+    shrunk = cg.trace(probe, shape)
+    sal = saliency(shrunk, mode="magnitude")
+    rep = prune_units(shrunk, sal, 0.5)
+    masked = cg.trace(probe, shape)
+    remove_units(masked, rep.removed, shrink=False)
+    with torch.no_grad():
+        a, b = masked.module(x), shrunk.module(x)
+    return float((a - b).abs().max() / max(1e-12, float(a.abs().max()))), bool(rep.inexact)
+
+
+def measure(name: str, repeats: int) -> dict:
+    warnings.filterwarnings("ignore")
+    model, shape = build(name)
+    example = torch.randn(*shape)
+    row = {"model": name, "input": list(shape), "params": sum(p.numel() for p in model.parameters())}
+    fns = {
+        "trace": lambda: cg.trace(model, shape),
+        "tp_build": lambda: tp_build(model, example),
+        "prune": lambda: ours_prune(model, shape),
+        "tp_prune": None,
+        "grow": lambda: ours_grow(model, shape),
+        "clone": lambda: clone(model),
+    }
+    times = {k: [] for k in fns}
+    errors = {}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            if key in errors:
+                continue
+            try:
+                if key == "tp_prune":
+                    m = copy.deepcopy(model)
+                    times[key].append(timed(lambda m=m: tp_prune(m, example)))
+                else:
+                    times[key].append(timed(fn))
+            except Exception as exc:  # a tool that cannot handle the model: recorded, not fatal
+                errors[key] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+    for key, ts in times.items():
+        row[key] = statistics.median(ts) if ts else None
+    row["errors"] = errors
+    try:
+        row["masked_vs_shrunk"], row["inexact_groups"] = masked_vs_shrunk(model, shape)
+    except Exception as exc:
+        row["masked_vs_shrunk"], errors["oracle"] = None, f"{type(exc).__name__}: {str(exc)[:160]}"
+    return row
+
+
+BIG_PLAN = r"""
+import json, resource, sys, time, torch
+import cgap_graph as cg
+from cgap_graph.zoo.transformer import VisionTransformer
+t0 = time.perf_counter()
+with torch.device("meta"):
+    model = VisionTransformer(dim=2304, depth=24, heads=18, num_classes=1000)
+params = sum(p.numel() for p in model.parameters())
+t1 = time.perf_counter()
+g = cg.trace(model, (1, 3, 32, 32))
+t2 = time.perf_counter()
+plan = {grp.id: list(range(grp.width // 2)) for grp in g.groups if grp.prunable}
+widths = {grp.id: len(v) for grp, v in zip([g.group(i) for i in plan], plan.values())}
+t3 = time.perf_counter()
+print(json.dumps({"params": params, "build_s": t1 - t0, "trace_s": t2 - t1, "plan_s": t3 - t2,
+                  "groups": len(g.groups), "prunable": len(plan),
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def big_plan() -> dict:
+    out = subprocess.run([sys.executable, "-c", BIG_PLAN], capture_output=True, text=True, timeout=600,
+                         env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    if out.returncode != 0:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--models", default=None, help="comma-separated subset")
+    p.add_argument("--quick", action="store_true", help="two zoo models, one repeat: checks the script runs")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    have_tv = import_torchvision() is not None
+    names = [n for n, _ in TORCHVISION] * have_tv + ZOO
+    if args.models:
+        names = args.models.split(",")
+    if args.quick:
+        names, args.repeats = ["resnet56", "vit"], 1
+    rows = []
+    for name in names:
+        row = measure(name, args.repeats)
+        rows.append(row)
+        print(_line(row), flush=True)
+    big = big_plan() if not args.quick else {}
+    if big:
+        print(f"1B plan: {big}")
+    result = {"machine": machine(), "repeats": args.repeats, "rows": rows, "big_plan": big,
+              "torchvision": have_tv}
+    print(f"wrote {write_json('surgery_speed', result)}")
+
+
+def _ratio(a, b):
+    return f"{a / b:6.1f}x" if a and b else "   n/a"
+
+
+def _line(r: dict) -> str:
+    ms = lambda k: f"{1e3 * r[k]:8.1f}" if r.get(k) else "     n/a"  # noqa: E731
+    return (f"{r['model']:20s} {r['params'] / 1e6:7.1f}M  trace {ms('trace')} tp {ms('tp_build')} "
+            f"{_ratio(r.get('tp_build'), r.get('trace'))} | prune {ms('prune')} tp {ms('tp_prune')} "
+            f"{_ratio(r.get('tp_prune'), r.get('prune'))} | grow {ms('grow')} | clone {ms('clone')} "
+            f"prune/clone {_ratio(r.get('prune'), r.get('clone'))} | m==s {r.get('masked_vs_shrunk')} "
+            f"{'inexact' if r.get('inexact_groups') else ''} {r['errors'] or ''}")
+
+
+if __name__ == "__main__":
+    main()
