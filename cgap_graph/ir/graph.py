@@ -22,8 +22,8 @@ from torch import nn
 
 from cgap_graph.errors import InputShapeError, TraceError
 from cgap_graph.io.atomic import atomic_write_bytes
-from cgap_graph.ir.copies import copy_module
 from cgap_graph.ir.analysis import Analyzer, describe_target, iter_tinfos
+from cgap_graph.ir.copies import copy_module
 from cgap_graph.ir.expr import Expr
 from cgap_graph.ir.flops import count_flops
 from cgap_graph.ir.traced import Traced
@@ -326,52 +326,6 @@ class ChannelGraph:
         n = len(self.groups)
         r = sum(1 for g in self.groups if g.resizable)
         return f"ChannelGraph({len(self.graph.nodes)} nodes, {n} groups, {r} resizable)"
-
-
-def output_shapes(self) -> list:
-        return output_shapes(self.graph)
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "inputs": [list(s.shape) for s in self.input_specs],
-            "params": self.param_count(),
-            "flops": self.flops(),
-            "groups": [g.summary() for g in self.groups],
-            "unknown_ops": [{"node": n, "op": op, "reason": r} for n, op, r in self.unknown_ops],
-            "opaque_modules": dict(self.opaque_modules),
-        }
-
-    def __repr__(self) -> str:
-        n = len(self.groups)
-        r = sum(1 for g in self.groups if g.resizable)
-        return f"ChannelGraph({len(self.graph.nodes)} nodes, {n} groups, {r} resizable)"
-
-
-def _copy_module(mod: nn.Module, memo: dict[int, Any]) -> nn.Module:
-    """A copy with its own tensors (shared ones stay shared through ``memo``). A childless layer
-    (nearly every leaf) is copied field by field, several times faster than ``deepcopy``."""
-    if mod._modules or hasattr(type(mod), "__deepcopy__"):
-        return copy.deepcopy(mod, memo)
-    new = copy.copy(mod)
-    new.__dict__ = dict(mod.__dict__)
-    for name in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_state_dict_hooks"):
-        if name in new.__dict__:
-            new.__dict__[name] = type(new.__dict__[name])(new.__dict__[name])
-    new._parameters = {k: _copy_tensor(p, memo) for k, p in mod._parameters.items()}
-    new._buffers = {k: _copy_tensor(b, memo) for k, b in mod._buffers.items()}
-    new._modules = {}
-    return new
-
-
-def _copy_tensor(t: torch.Tensor | None, memo: dict[int, Any]):
-    if t is None:
-        return None
-    out = memo.get(id(t))
-    if out is None:
-        data = t.detach().clone()
-        out = memo[id(t)] = nn.Parameter(data, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) \
-            else data
-    return out
 
 
 def output_shapes(graph: fx.Graph) -> list:
