@@ -34,7 +34,7 @@ from onnx import numpy_helper
 
 from cgap_graph.errors import CgapError
 
-MAC_OPS = {"Conv", "Gemm", "MatMul"}
+MAC_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
 UNARY_OPS = {
     "Relu", "LeakyRelu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu", "Celu", "Softplus",
     "Softsign", "Gelu", "Erf", "Exp", "Log", "Neg", "Abs", "Sqrt", "Reciprocal", "Cast", "Mish", "Round", "Floor",
@@ -108,7 +108,7 @@ class MacLayer:
         return ((c1 - 1) // per_out - c0 // per_out + 1) * per_in
 
     def describe(self) -> str:
-        if self.op == "Conv":
+        if self.op in ("Conv", "ConvTranspose"):
             s = f"{self.nif}x{self.niy}x{self.nix} -> {self.nof}x{self.noy}x{self.nox} k{self.nky}x{self.nkx}"
             s += f" s{self.stride_y}" + (f" g{self.groups}" if self.groups > 1 else "")
         else:

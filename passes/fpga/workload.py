@@ -68,6 +68,8 @@ def _mac_layer(g: _Graph, node: onnx.NodeProto, label: str, want_weights: bool
                ) -> tuple[MacLayer | None, str]:
     if node.op_type == "Conv":
         return _conv(g, node, label, want_weights)
+    if node.op_type == "ConvTranspose":
+        return _conv_transpose(g, node, label, want_weights)
     if node.op_type == "Gemm":
         return _gemm(g, node, label, want_weights)
     return _matmul(g, node, label, want_weights)
@@ -111,6 +113,27 @@ def _conv(g: _Graph, node: onnx.NodeProto, label: str, want_weights: bool) -> tu
         value = g.const(node.input[1])
         if value is not None:
             layer.weights = value.reshape(value.shape[0], -1)
+    return layer, ""
+
+
+def _conv_transpose(g: _Graph, node: onnx.NodeProto, label: str, want_weights: bool
+                    ) -> tuple[MacLayer | None, str]:
+    """A transposed convolution as the equivalent convolution workload over its *input* grid:
+    every input pixel multiplies a k x k kernel for each output channel, so the MACs are
+    ``nif/groups x niy x nix x nof x ky x kx`` (what a strided scatter, or a convolution over the
+    zero-upsampled input skipping the zeros, computes); the outputs written are the real ones."""
+    x, w, y = g.dims(node.input[0]), g.dims(node.input[1]), g.dims(node.output[0])
+    if not (x and y and _known(x[1:]) and _known(y[1:]) and _known(w)) or len(x) != 4:
+        return None, "shape unknown after shape inference, or not a 2-D transposed convolution"
+    groups = int(_attrs(node).get("group", 1))
+    nof = w[1] * groups  # ONNX ConvTranspose weights are (C_in, C_out / groups, ky, kx)
+    layer = MacLayer(label, "ConvTranspose", nif=x[1], niy=x[2], nix=x[3], nof=nof, noy=x[2], nox=x[3], nky=w[2],
+                     nkx=w[3], pad_top=w[2] // 2, groups=groups, bias=len(node.input) > 2 and bool(node.input[2]),
+                     out_elems=y[1] * y[2] * y[3])
+    if want_weights:
+        value = g.const(node.input[1])
+        if value is not None:  # (C_in, C_out/g, k, k) -> (C_out, K) as for a convolution
+            layer.weights = value.reshape(groups, x[1] // groups, w[1], -1).transpose(0, 2, 1, 3).reshape(nof, -1)
     return layer, ""
 
 
