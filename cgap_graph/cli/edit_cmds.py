@@ -28,6 +28,7 @@ from cgap_graph.errors import CgapError, check_number
 from cgap_graph.io.model_io import save_model
 from cgap_graph.io.outputs import check_output
 from cgap_graph.ir.graph import ChannelGraph
+from cgap_graph.passes.cgap.budget import budget_prune, parse_budget
 from cgap_graph.passes.cgap.grow import check_growth, check_rates
 from cgap_graph.passes.cgap.grow import grow as grow_pass
 from cgap_graph.passes.cgap.prune import prune as prune_pass
@@ -35,6 +36,8 @@ from cgap_graph.passes.cgap.prune import prune_units
 from cgap_graph.passes.cgap.saliency import Saliency, saliency
 from cgap_graph.passes.cgap.seed import capacity_by_id, group_key
 from cgap_graph.passes.cgap.seed import seed as seed_pass
+from cgap_graph.passes.cgap.widths import check_round_to
+from cgap_graph.passes.fpga.config import load_hw_config
 from cgap_graph.run.data import check_fits, check_output_fits, loader
 
 DATA = typer.Option(None, "--data", metavar="DATASET", help="Dataset for Taylor saliency: mnist, fashion-mnist, "
@@ -44,6 +47,20 @@ SELECT = typer.Option(None, "--select", metavar="HOW", help="taylor (default wit
 BATCHES = typer.Option(10, "--batches", metavar="N", help="Batches of data for the saliency.")
 BATCH_SIZE = typer.Option(64, "--batch-size", metavar="N", help="Images per saliency batch.")
 SEED = typer.Option(0, "--seed", metavar="N", help="Random seed (noise, random selection).")
+ROUND_TO = typer.Option("1", "--round-to", metavar="N|pof", help="Keep every resized width a multiple of N (e.g. 8), "
+                        "or of the FPGA array's output parallelism (pof, from --hw-config or the paper's setup).")
+HW_CONFIG = typer.Option(None, "--hw-config", metavar="FILE", help="TOML of FPGA parameters for fpga-* budgets and "
+                         "--round-to pof (see docs/fpga_cost.md).")
+
+
+def round_to_value(text: str, hw_config: Path | None = None) -> int:
+    """``--round-to``: a whole number, or ``pof`` (the MAC array's output channels per cycle)."""
+    if str(text).strip().lower() == "pof":
+        return load_hw_config(hw_config).pof
+    try:
+        return check_round_to(int(text))
+    except ValueError:
+        raise CgapError(f"--round-to must be a whole number such as 8, or pof; got '{text}'") from None
 
 
 @dataclass
@@ -147,6 +164,8 @@ def grow(
     capacity_mode: str = typer.Option("stop", "--capacity-mode", metavar="MODE", help="At the capacity limit "
                                       "(stored by 'seed'): stop (paper) or clip."),
     no_capacity: bool = typer.Option(False, "--no-capacity", help="Ignore a capacity limit stored in MODEL."),
+    round_to: str = ROUND_TO,
+    hw_config: Path | None = HW_CONFIG,
 ):
     """Grow MODEL (Algorithm 2): duplicate the most salient units of every growable group.
 
@@ -158,11 +177,12 @@ def grow(
         choice(init, "--init", ("paper", "preserve", "random"))
         choice(capacity_mode, "--capacity-mode", ("stop", "clip"))
         check_growth(beta, sigma, mu)
+        step = round_to_value(round_to, hw_config)
         loaded, cg, scores, how = _open(req, sal, output)
         before, p0, f0 = _state(cg)
         cap = None if no_capacity else loaded.meta.get("capacity")
         rep = grow_pass(cg, scores, beta, init=init, sigma=sigma, mu=mu, capacity=capacity_by_id(cg, cap),
-                        capacity_mode=capacity_mode, seed=sal.seed)
+                        capacity_mode=capacity_mode, seed=sal.seed, round_to=step)
         notes = [f"group {gid} not grown: {why}" for gid, why in rep.skipped.items()]
         print_change(cg, f"grow {req.model}: beta {beta}, init {init}, saliency {how}", before, p0, f0, notes)
         save_result(cg, loaded, req, output, {"step": "grow", "beta": beta, "init": init, "sigma": sigma, "mu": mu,
@@ -180,30 +200,51 @@ def prune(
     mode: str = typer.Option("alg3", "--mode", metavar="MODE", help="alg3 (weights, then sparse units) or units "
                              "(the lowest-scoring units)."),
     no_fold: bool = typer.Option(False, "--no-fold", help="Do not fold removed units' constants into readers."),
+    budget: str | None = typer.Option(None, "--budget", metavar="METRIC=VALUE", help="Prune to a deployment budget "
+                                      "instead of rates: params=9500, flops=0.5M, fpga-latency=1.5ms, "
+                                      "fpga-energy=20uJ (FPGA cost model, --hw-config) or ort-latency=2ms@BATCH "
+                                      "(measured with ONNX Runtime here). Units with the lowest saliency per unit "
+                                      "of that cost go first."),
+    round_to: str = ROUND_TO,
+    hw_config: Path | None = HW_CONFIG,
 ):
-    """Prune MODEL (Algorithm 3) and remove the pruned units physically.
+    """Prune MODEL (Algorithm 3, or to a budget) and remove the pruned units physically.
 
     \b
         cgap-graph prune model.pt --weight-rate 0.5 --unit-rate 0.5 --data mnist -o small.pt
         cgap-graph prune model.pt --mode units --unit-rate 0.3 --select magnitude -o small.pt
+        cgap-graph prune model.pt --budget fpga-latency=1.5ms --round-to 8 --data cifar10 -o small.pt
     """
     def body():
         choice(mode, "--mode", ("alg3", "units"))
         check_rates(**({"weight_rate": weight_rate} if mode == "alg3" else {}), unit_rate=unit_rate)
+        step = round_to_value(round_to, hw_config)
+        target = parse_budget(budget, load_hw_config(hw_config)) if budget else None
         loaded, cg, scores, how = _open(req, sal, output)
         before, p0, f0 = _state(cg)
-        if mode == "alg3":
-            rep = prune_pass(cg, scores, weight_rate, unit_rate, fold=not no_fold)
-        else:
-            rep = prune_units(cg, scores, unit_rate, fold=not no_fold)
-        notes = rep.folded + [f"not folded: {n}" for n in rep.not_folded]
-        if rep.weights_total:
-            notes.insert(0, f"zeroed {rep.weights_zeroed:,} of {rep.weights_total:,} weights")
-        print_change(cg, f"prune {req.model}: {mode}, saliency {how}", before, p0, f0, notes)
-        save_result(cg, loaded, req, output, {"step": "prune", "mode": mode, "weight_rate": weight_rate,
-                                              "unit_rate": unit_rate, "saliency": how, "data": sal.data},
+        notes, rep = _prune(cg, scores, target, mode, weight_rate, unit_rate, not no_fold, step)
+        print_change(cg, f"prune {req.model}: {budget or mode}, saliency {how}", before, p0, f0, notes)
+        save_result(cg, loaded, req, output, {"step": "prune", "mode": "budget" if budget else mode,
+                                              "budget": budget, "weight_rate": weight_rate, "unit_rate": unit_rate,
+                                              "round_to": step, "saliency": how, "data": sal.data},
                     loaded.meta.get("capacity"))
     run_command(body)
+
+
+def _prune(cg, scores, budget, mode: str, weight_rate: float, unit_rate: float, fold: bool, step: int):
+    """One pruning step of the command; the notes it prints."""
+    if budget is not None:
+        res = budget_prune(cg, scores, budget, round_to=step, fold=fold)
+        reports = res.prune
+        notes = [f"budget {budget}: {res.before:.4g} -> {res.after:.4g} in {res.steps} steps"]
+    else:
+        rep = (prune_pass(cg, scores, weight_rate, unit_rate, fold=fold, round_to=step) if mode == "alg3"
+               else prune_units(cg, scores, unit_rate, fold=fold, round_to=step))
+        reports = [rep]
+        notes = [f"zeroed {rep.weights_zeroed:,} of {rep.weights_total:,} weights"] if rep.weights_total else []
+    for rep in reports:
+        notes += rep.folded + [f"not folded: {n}" for n in rep.not_folded]
+    return notes, reports
 
 
 @with_options(req=SEED_MODEL_OPTIONS)
@@ -215,6 +256,8 @@ def seed_cmd(
     select: str = typer.Option("magnitude", "--select", metavar="HOW", help="Which units to keep: magnitude or "
                                "first."),
     reinit: bool = typer.Option(False, "--reinit", help="Draw fresh parameters (train the seed from scratch)."),
+    round_to: str = ROUND_TO,
+    hw_config: Path | None = HW_CONFIG,
 ):
     """Make a seed: shrink every prunable group of MODEL to WIDTH of its size.
 
@@ -226,10 +269,11 @@ def seed_cmd(
     def body():
         check_number("width", width, 0.0, 1.0, lo_open=True, meaning="the paper's seeds use 0.125")
         choice(select, "--select", ("magnitude", "first"))
+        step = round_to_value(round_to, hw_config)
         check_output(output, req.inputs)
         loaded, cg, _ = req.trace()
         before, p0, f0 = _state(cg)
-        rep = seed_pass(cg, width, select=select, reinit=reinit)
+        rep = seed_pass(cg, width, select=select, reinit=reinit, round_to=step)
         print_change(cg, f"seed {req.model}: width {width}", before, p0, f0)
         save_result(cg, loaded, req, output, {"step": "seed", "width": width, "select": select, "reinit": reinit},
                     rep.reference_widths)

@@ -46,6 +46,9 @@ HYPER_HELP = {
     "prune_start": "No pruning before this fraction of the epochs.",
     "prune_end": "Last pruning step at this fraction of the epochs; then fine-tune.",
     "prune_target": "Stop pruning once the model has at most this many parameters.",
+    "budget": "Prune towards a deployment budget instead, reached at --prune-end: params=9500, flops=0.5M, "
+              "fpga-latency=1.5ms, fpga-energy=20uJ or ort-latency=2ms@1 (see 'cgap-graph prune --help').",
+    "round_to": "Keep every grown or pruned width a multiple of N (8, 16 or the FPGA array's pof).",
     "zero_survivors": "Keep Algorithm 3's zeroed weights in the units that stay (paper); "
                       "--no-zero-survivors gives them back: the zeros only choose the units to remove.",
     "saliency": "taylor (paper), magnitude or random.",

@@ -18,6 +18,7 @@ from typing import Any
 import tomllib
 
 from cgap_graph.errors import BadValue, CgapError, check_number
+from cgap_graph.passes.cgap.budget import parse_budget
 
 
 @dataclass
@@ -45,6 +46,8 @@ class TrainConfig:
     prune_start: float = 0.5
     prune_end: float = 0.8
     prune_target: int | None = None  # stop pruning once the model has at most this many parameters
+    budget: str | None = None  # prune towards METRIC=VALUE (passes/cgap/budget.py), reached at prune_end
+    round_to: int = 1  # keep every resized width a multiple of this
     zero_survivors: bool = True  # keep Alg. 3's zeroed weights in the units that stay (False: restore them)
     saliency: str = "taylor"  # taylor | magnitude | random
     saliency_batches: int = 10
@@ -69,6 +72,8 @@ class TrainConfig:
             check_number(f"gamma_w for layer '{name}'", r, 0.0, 1.0, lo_open=True, hi_open=True)
         if not self.prune_start <= self.prune_end:
             raise BadValue("prune_start", f"must be <= prune-end, got {self.prune_start} and {self.prune_end}")
+        if self.budget is not None:
+            parse_budget(self.budget)
         if not isinstance(self.zero_survivors, bool):
             raise BadValue("zero_survivors", f"must be true or false, got {self.zero_survivors!r}")
         return self
@@ -117,7 +122,7 @@ _RANGES = (
     ("saliency_batches", 1, 1_000_000, False, False, ""), ("eval_batch_size", 1, 1 << 20, False, False, ""),
     ("train_limit", 1, None, False, False, "a number of images"),
     ("test_limit", 1, None, False, False, "a number of images"),
-    ("seed", 0, 2**63 - 1, False, False, ""),
+    ("seed", 0, 2**63 - 1, False, False, ""), ("round_to", 1, 4096, False, False, "widths stay multiples of it"),
 )
 _CHOICES = {"optimizer": ("sgd", "adam"), "init": ("paper", "preserve", "random"),
             "saliency": ("taylor", "magnitude", "random")}

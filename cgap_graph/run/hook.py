@@ -13,6 +13,7 @@ and hands back the resized model with an optimizer whose state followed its chan
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from torch import nn
 
 from cgap_graph.errors import CgapError
 from cgap_graph.ir.graph import ChannelGraph, trace
+from cgap_graph.passes.cgap.budget import budget_prune, measure, parse_budget
 from cgap_graph.passes.cgap.grow import grow
 from cgap_graph.passes.cgap.optim import carry_optimizer
 from cgap_graph.passes.cgap.prune import prune
@@ -110,7 +112,7 @@ class CGaP:
         events: list[Event] = []
         if c.grows_at(epoch) and not self.growth_done and not self.pruning_started:
             rep = grow(self.cg, self._saliency(epoch), c.beta, init=c.init, sigma=c.sigma, mu=c.mu,
-                       capacity=self.capacity(), seed=c.seed * 1000 + epoch)
+                       capacity=self.capacity(), seed=c.seed * 1000 + epoch, round_to=c.round_to)
             if rep.picked:
                 optimizer = carry_optimizer(optimizer, self.model, rep.surgery)
                 events.append(Event("grow", len(rep.picked)))
@@ -120,16 +122,33 @@ class CGaP:
         done = c.prune_target is not None and self.cg.param_count() <= c.prune_target
         if c.prunes_at(epoch, train_accuracy) and not done:
             self.pruning_started = True
-            rep = prune(self.cg, self._saliency(epoch), c.gamma_w,
-                        c.gamma_f if c.gamma_f is not None or not c.gamma_w_layers else None,
-                        layer_rates=c.gamma_w_layers or None, target_params=c.prune_target,
-                        zero_survivors=c.zero_survivors)
-            if rep.surgery is not None and rep.surgery.changed:
-                optimizer = carry_optimizer(optimizer, self.model, rep.surgery)
-            removed = sum(len(v) for v in rep.removed.values())
-            events.append(Event("prune", removed))
+            reports = self._budget_step(epoch) if c.budget else [self._alg3_step(epoch)]
+            for rep in reports:
+                if rep.surgery is not None and rep.surgery.changed:
+                    optimizer = carry_optimizer(optimizer, self.model, rep.surgery)
+            events.append(Event("prune", sum(len(v) for rep in reports for v in rep.removed.values())))
         self.history.append({"epoch": epoch, "events": [str(e) for e in events]})
         return self.model, optimizer, events
+
+    def _alg3_step(self, epoch: int):
+        c = self.config
+        return prune(self.cg, self._saliency(epoch), c.gamma_w,
+                     c.gamma_f if c.gamma_f is not None or not c.gamma_w_layers else None,
+                     layer_rates=c.gamma_w_layers or None, target_params=c.prune_target,
+                     zero_survivors=c.zero_survivors, round_to=c.round_to)
+
+    def _budget_step(self, epoch: int):
+        """Towards the budget in equal shares of the remaining gap, reaching it at the last pruning
+        epoch (``prune_end``)."""
+        c = self.config
+        budget = parse_budget(c.budget)
+        current = measure(self.cg, budget)
+        if current <= budget.limit:
+            return []
+        left = sum(1 for e in range(epoch, c.epochs + 1) if c.prunes_at(e, 1.0))
+        step = copy.copy(budget)
+        step.limit = current - (current - budget.limit) / max(1, left)
+        return budget_prune(self.cg, self._saliency(epoch), step, round_to=c.round_to).prune
 
     def state(self) -> dict[str, Any]:
         return {"growth_done": self.growth_done, "pruning_started": self.pruning_started,

@@ -38,6 +38,7 @@ from cgap_graph.ir.graph import ChannelGraph
 from cgap_graph.ir.values import TInfo
 from cgap_graph.passes.cgap.prune import PruneReport, remove_units, unit_params
 from cgap_graph.passes.cgap.saliency import Saliency, unit_scores
+from cgap_graph.passes.cgap.widths import check_round_to
 from cgap_graph.passes.export import export_onnx
 from cgap_graph.passes.fpga.config import HwConfig
 from cgap_graph.passes.fpga.cost import cost_workload
@@ -206,6 +207,8 @@ class BudgetReport:
     after: float
     met: bool
     steps: int
+    last_removed: int = 0  # units the last step removed (one option: ``round_to`` units of one group)
+    last_saving: float = 0.0  # what the last step saved, measured
     removed: dict[int, int] = field(default_factory=dict)
     prune: list[PruneReport] = field(default_factory=list)
 
@@ -213,9 +216,17 @@ class BudgetReport:
 def budget_prune(cg: ChannelGraph, sal: Saliency, budget: Budget, *, round_to: int = 1, fold: bool = True,
                  max_steps: int = 200) -> BudgetReport:
     """Prune until ``measure(cg, budget) <= budget.limit`` (see module docstring)."""
-    step = max(1, int(round_to))
+    step = check_round_to(round_to)
     before = current = measure(cg, budget)
     report = BudgetReport(str(budget), before, before, before <= budget.limit, 0)
+    if step > 1 and current > budget.limit:  # first onto multiples of the step, the weakest units going
+        sal = unit_scores(cg, sal) if not sal.units else sal
+        dead = {g.id: [int(u) for u in np.argsort(sal.units[g.id], kind="stable")[:g.width % step]]
+                for g in cg.groups if g.prunable and g.width > step and g.width % step and g.id in sal.units}
+        if dead:
+            report.prune.append(remove_units(cg, dead, fold=fold))
+            sal = _after_removal(sal, dead, cg)
+            current = measure(cg, budget)
     while current > budget.limit and report.steps < max_steps:
         sal = unit_scores(cg, sal) if not sal.units else sal
         dead = _choose(cg, sal, budget, step, current - budget.limit)
@@ -226,8 +237,9 @@ def budget_prune(cg: ChannelGraph, sal: Saliency, budget: Budget, *, round_to: i
         for gid, units in dead.items():
             report.removed[gid] = report.removed.get(gid, 0) + len(units)
         sal = _after_removal(sal, dead, cg)
-        current = measure(cg, budget)
+        previous, current = current, measure(cg, budget)
         report.steps += 1
+        report.last_removed, report.last_saving = sum(map(len, dead.values())), previous - current
     report.after, report.met = current, current <= budget.limit
     if not report.met:
         raise CgapError(f"cannot prune to {budget}: the model stops at {current:.4g} (every group at its smallest "

@@ -32,6 +32,7 @@ from torch import nn
 from cgap_graph.errors import CgapError, check_number
 from cgap_graph.ir.graph import ChannelGraph
 from cgap_graph.passes.cgap.saliency import Saliency
+from cgap_graph.passes.cgap.widths import check_round_to, rounded_growth
 from cgap_graph.surgery import (
     SlotChange,
     SurgeryContext,
@@ -127,7 +128,8 @@ register_initializer("random", lambda **_: random_init)
 
 
 def plan(cg: ChannelGraph, sal: Saliency, beta: float, capacity: Mapping[int, int] | None = None,
-         capacity_mode: str = "stop", exact_only: bool = False) -> tuple[dict[int, list[int]], dict[int, str]]:
+         capacity_mode: str = "stop", exact_only: bool = False, round_to: int = 1
+         ) -> tuple[dict[int, list[int]], dict[int, str]]:
     """Which units of which groups to duplicate (see module docstring)."""
     picked: dict[int, list[int]] = {}
     skipped: dict[int, str] = {}
@@ -137,7 +139,7 @@ def plan(cg: ChannelGraph, sal: Saliency, beta: float, capacity: Mapping[int, in
         if exact_only and g.grow_notes:
             skipped[g.id] = f"growth would not preserve outputs ({g.grow_notes[0]})"
             continue
-        n_new = int(round(beta * g.width))
+        n_new = rounded_growth(g.width, int(round(beta * g.width)), round_to)
         if n_new == 0:
             skipped[g.id] = f"round({beta} x {g.width}) = 0"
             continue
@@ -146,7 +148,10 @@ def plan(cg: ChannelGraph, sal: Saliency, beta: float, capacity: Mapping[int, in
             if capacity_mode == "stop" or g.width >= cap:
                 skipped[g.id] = f"capacity {cap} reached (width {g.width} + {n_new})"
                 continue
-            n_new = cap - g.width
+            n_new = cap - g.width if round_to <= 1 else (cap // round_to * round_to) - g.width
+            if n_new <= 0:
+                skipped[g.id] = f"capacity {cap} reached in multiples of {round_to}"
+                continue
         scores = sal.units.get(g.id)
         if scores is None:
             skipped[g.id] = "no saliency"
@@ -159,7 +164,7 @@ def plan(cg: ChannelGraph, sal: Saliency, beta: float, capacity: Mapping[int, in
 
 def grow(cg: ChannelGraph, sal: Saliency, beta: float = 0.6, *, init: str = "paper", sigma: float = 0.5,
          mu: float = 0.1, capacity: Mapping[int, int] | None = None, capacity_mode: str = "stop",
-         seed: int = 0, inexact: str | None = None) -> GrowthReport:
+         seed: int = 0, inexact: str | None = None, round_to: int = 1) -> GrowthReport:
     """Algorithm 2 on every growable group, in place on ``cg.module``.
 
     With ``init="preserve"`` the outputs must not change, so groups whose duplication cannot be
@@ -169,7 +174,7 @@ def grow(cg: ChannelGraph, sal: Saliency, beta: float = 0.6, *, init: str = "pap
     if inexact not in (None, "skip", "grow"):
         raise CgapError(f"inexact must be 'skip' or 'grow', got '{inexact}'")
     exact_only = (inexact or ("skip" if init == "preserve" else "grow")) == "skip"
-    picked, skipped = plan(cg, sal, beta, capacity, capacity_mode, exact_only)
+    picked, skipped = plan(cg, sal, beta, capacity, capacity_mode, exact_only, check_round_to(round_to))
     selections = {gid: list(range(cg.group(gid).width)) + units for gid, units in picked.items()}
     rng = torch.Generator().manual_seed(seed)
     report = apply_selection(cg, selections, make_initializer(init, sigma=sigma, mu=mu), rng=rng)

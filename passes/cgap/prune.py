@@ -28,6 +28,7 @@ from cgap_graph.ir.analysis import Slot
 from cgap_graph.ir.graph import ChannelGraph
 from cgap_graph.passes.cgap.grow import check_rates
 from cgap_graph.passes.cgap.saliency import Saliency, unit_weights, weight_slots
+from cgap_graph.passes.cgap.widths import check_round_to, rounded_keep
 from cgap_graph.surgery import SurgeryReport, apply_selection, get_tensor, mask_channels
 from cgap_graph.surgery.masking import dropped_positions
 from cgap_graph.verify import random_inputs
@@ -91,20 +92,26 @@ def unit_sparsity(cg: ChannelGraph, gid: int) -> np.ndarray:
 
 def prune(cg: ChannelGraph, sal: Saliency, weight_rate: float = 0.5, unit_rate: float | None = 0.5, *,
           fold: bool = True, shrink: bool = True, layer_rates: dict[str, float] | None = None,
-          target_params: int | None = None, zero_survivors: bool = True) -> PruneReport:
+          target_params: int | None = None, zero_survivors: bool = True, round_to: int = 1) -> PruneReport:
     """Algorithm 3 (see module docstring), in place on ``cg.module``. With ``layer_rates`` and
     ``unit_rate=None``, each unit's threshold is the rate of the layers its sparsity counts
     (gamma_F = gamma_W per layer, as in the paper). With ``target_params``, the units over their
     threshold go sparsest first and no further than the model needs to fit that budget. With
     ``zero_survivors=False`` the zeroed weights only choose the units to remove: the units that
-    stay get their weights back."""
+    stay get their weights back. ``round_to``: each group keeps a multiple of that many units
+    (the sparsest candidates go first)."""
     check_rates(weight_rate=weight_rate, **({"unit_rate": unit_rate} if unit_rate is not None else {}))
+    round_to = check_round_to(round_to)
     saved = None if zero_survivors else {k: get_tensor(cg.module, k).detach().clone()
                                          for k in {s.key for s in weight_slots(cg)}}
     zeroed, total = zero_weights(cg, sal, weight_rate, layer_rates)
-    dead = sparse_units(cg, unit_rate, weight_rate, layer_rates, with_sparsity=target_params is not None)
+    dead = sparse_units(cg, unit_rate, weight_rate, layer_rates, with_sparsity=True)
     if target_params is not None:
         dead = _within_budget(cg, dead, target_params)
+    else:
+        dead = {gid: [u for u, _ in items] for gid, items in dead.items()}
+    if round_to > 1:
+        dead = _rounded(cg, dead, round_to)
     if saved is not None:
         with torch.no_grad():
             for k, w in saved.items():
@@ -137,6 +144,24 @@ def sparse_units(cg: ChannelGraph, unit_rate: float | None, weight_rate: float |
     return dead
 
 
+def _rounded(cg: ChannelGraph, dead: dict[int, list[int]], n: int) -> dict[int, list[int]]:
+    """Fewer (or more) removals so every group keeps a multiple of ``n`` units: the sparsest
+    units go first."""
+    out = {}
+    for g in cg.groups:
+        if not g.prunable:
+            continue
+        units = dead.get(g.id, [])
+        keep = rounded_keep(g.width, g.width - len(units), n)
+        k = g.width - keep
+        if k <= 0:
+            continue
+        sp = unit_sparsity(cg, g.id)
+        order = sorted(range(g.width), key=lambda u: (u not in units, -sp[u]))
+        out[g.id] = sorted(order[:k])
+    return out
+
+
 def unit_params(cg: ChannelGraph, gid: int) -> float:
     """Parameters one unit of a group holds across all its members (rows, columns, norms ...)."""
     t = cg.an.t
@@ -166,14 +191,17 @@ def _within_budget(cg: ChannelGraph, candidates: dict, target: int) -> dict[int,
     return {gid: sorted(us) for gid, us in chosen.items()}
 
 
-def prune_units(cg: ChannelGraph, sal: Saliency, rate: float, *, fold: bool = True) -> PruneReport:
-    """Remove the ``rate`` fraction of lowest-scoring units of every prunable group."""
+def prune_units(cg: ChannelGraph, sal: Saliency, rate: float, *, fold: bool = True, round_to: int = 1
+                ) -> PruneReport:
+    """Remove the ``rate`` fraction of lowest-scoring units of every prunable group (keeping a
+    multiple of ``round_to`` units, see ``widths.py``)."""
     check_rates(unit_rate=rate)
+    round_to = check_round_to(round_to)
     dead = {}
     for g in cg.groups:
         if not g.prunable or g.id not in sal.units:
             continue
-        k = min(int(round(rate * g.width)), g.width - 1)
+        k = g.width - rounded_keep(g.width, g.width - min(int(round(rate * g.width)), g.width - 1), round_to)
         if k > 0:
             dead[g.id] = sorted(int(u) for u in np.argsort(sal.units[g.id], kind="stable")[:k])
     return remove_units(cg, dead, fold=fold)

@@ -16,6 +16,7 @@ import torch
 
 from cgap_graph.errors import CgapError, check_number
 from cgap_graph.ir.graph import ChannelGraph, Group
+from cgap_graph.passes.cgap.widths import check_round_to, rounded_keep
 from cgap_graph.surgery import SurgeryReport, apply_selection, unit_norms
 
 
@@ -44,7 +45,7 @@ class SeedReport:
 
 
 def seed(cg: ChannelGraph, width: float, *, select: str = "magnitude", reinit: bool = False,
-         generator_seed: int = 0) -> SeedReport:
+         generator_seed: int = 0, round_to: int = 1) -> SeedReport:
     check_number("width", width, 0.0, 1.0, lo_open=True, meaning="a fraction of the reference widths; the "
                  "paper's seeds use 0.125")
     if select not in ("magnitude", "first"):
@@ -54,7 +55,7 @@ def seed(cg: ChannelGraph, width: float, *, select: str = "magnitude", reinit: b
     for g in cg.groups:
         if not g.prunable:
             continue
-        k = max(1, int(round(width * g.width)))
+        k = rounded_keep(g.width, max(1, int(round(width * g.width))), check_round_to(round_to))
         if k >= g.width:
             continue
         if select == "first":
