@@ -16,6 +16,7 @@ from cgap_graph.io.atomic import atomic_write_text
 from cgap_graph.io.outputs import check_output
 from cgap_graph.passes.fpga.config import load_hw_config
 from cgap_graph.passes.fpga.cost import cost_onnx, plot_compare, reports_to_csv
+from cgap_graph.passes.fpga.plot import plot_pareto
 
 
 def cost(
@@ -32,6 +33,11 @@ def cost(
                                  "(not at all), unstructured (stored compressed where smaller, sparse_format; "
                                  "compute unchanged) or kernel (zero kernels skipped in compute and storage: "
                                  "Small-World models)."),
+    pareto: Path | None = typer.Option(None, "--pareto", metavar="PNG", help="Write accuracy against latency and "
+                                       "energy, one point per model (the accuracy from --accuracy, else from the "
+                                       "summary.json of the run folder the file lies in)."),
+    accuracy: str | None = typer.Option(None, "--accuracy", metavar="A,B,...", help="Test accuracy of each model "
+                                        "for --pareto, in order (0.99 or 99%)."),
 ):
     """Estimate on-chip buffer energy, DRAM energy and latency of one inference of MODEL on an FPGA.
 
@@ -47,7 +53,29 @@ def cost(
         cgap-graph cost small_world.onnx --sparsity kernel
         cgap-graph cost model.onnx --config fpga.toml     # e.g. pof = 32, freq_mhz = 200
     """
-    run_command(lambda: _cost_body(model, config, as_json, csv, plot, "unstructured" if sparse else sparsity, console))
+    run_command(lambda: _cost_body(model, config, as_json, csv, plot, "unstructured" if sparse else sparsity, console,
+                                   pareto, accuracy))
+
+
+def _accuracies(models: list[Path], text: str | None) -> list[float]:
+    """Accuracy per model: given, or the ``summary.json`` of the run folder holding the file."""
+    if text:
+        try:
+            values = [float(v.strip().rstrip("%")) / (100 if v.strip().endswith("%") else 1) for v in text.split(",")]
+        except ValueError:
+            raise CgapError(f"--accuracy '{text}' must be numbers separated by commas, e.g. 0.991,0.987") from None
+        if len(values) != len(models):
+            raise CgapError(f"--accuracy gives {len(values)} values for {len(models)} models; give one per model")
+        return values
+    out = []
+    for m in models:
+        summary = m.parent / "summary.json"
+        try:
+            out.append(float(json.loads(summary.read_text())["test_accuracy"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            raise CgapError(f"no accuracy for {m}: {summary} is missing or has no test_accuracy; give "
+                            "--accuracy") from None
+    return out
 
 
 def _labels(paths: list[Path]) -> list[str]:
@@ -57,13 +85,14 @@ def _labels(paths: list[Path]) -> list[str]:
 
 
 def _cost_body(models: list[Path], config: Path | None, as_json: bool, csv: Path | None, plot: Path | None,
-               mode: str, console: Console) -> None:
+               mode: str, console: Console, pareto: Path | None = None, accuracy: str | None = None) -> None:
     if not models:
         raise CgapError("give at least one .onnx file, e.g. cgap-graph cost model.onnx")
     for path in models:
         if path.is_dir():
             raise CgapError(f"{path} is a directory; give .onnx files (e.g. {path}/*.onnx)")
-    for out, flag in ((csv, "--csv"), (plot, "--plot")):
+    accuracies = _accuracies(models, accuracy) if pareto is not None else None
+    for out, flag in ((csv, "--csv"), (plot, "--plot"), (pareto, "--pareto")):
         if out is not None:
             check_output(out, [*models, config], flag=flag)
     cfg = load_hw_config(config)
@@ -73,6 +102,9 @@ def _cost_body(models: list[Path], config: Path | None, as_json: bool, csv: Path
         atomic_write_text(csv, reports_to_csv(reports))
     if plot is not None:
         plot_compare(reports, plot, title=f"FPGA cost ({mode} weights)")
+    if pareto is not None:
+        plot_pareto({label: (acc, r) for (label, r), acc in zip(reports.items(), accuracies)}, pareto,
+                    title="accuracy against FPGA cost")
     if as_json:
         dicts = [r.to_dict() for r in reports.values()]
         data = dicts[0] if len(dicts) == 1 else {"reports": dicts, "comparison": _comparison(reports)}
@@ -82,7 +114,7 @@ def _cost_body(models: list[Path], config: Path | None, as_json: bool, csv: Path
         _print_report(report, console)
     if len(reports) > 1:
         _print_comparison(reports, console)
-    for path, what in ((csv, "per-layer CSV"), (plot, "comparison chart")):
+    for path, what in ((csv, "per-layer CSV"), (plot, "comparison chart"), (pareto, "Pareto plot")):
         if path is not None:
             console.print(f"wrote {what} to {path}", markup=False)
 

@@ -59,3 +59,37 @@ def plot_compare(reports: Mapping[str, CostReport] | Mapping[str, Mapping[str, C
     finally:
         plt.close(fig)
     return out
+
+
+def plot_pareto(points: Mapping[str, tuple[float, CostReport]], out_png: str | Path,
+                title: str | None = None) -> Path:
+    """Accuracy against latency and against energy (DRAM + on-chip buffers), one point per model,
+    the points on the Pareto front (no other model both faster/cheaper and more accurate) joined:
+    the trade-off a deployment engineer picks from. ``points`` is ``{label: (accuracy, report)}``."""
+    if not points:
+        raise CgapError("nothing to plot: give at least one model with its accuracy")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    rows = [(label, acc, r.totals()) for label, (acc, r) in points.items()]
+    for ax, (key, xlabel, scale) in zip(axes, (("latency_ms", "latency (ms)", 1.0),
+                                               ("energy", "energy per inference (uJ)", 1e-6))):
+        xs = [(t["dram_energy_pj"] + t["buffer_energy_pj"]) * scale if key == "energy" else t[key]
+              for _, _, t in rows]
+        ys = [100 * acc for _, acc, _ in rows]
+        ax.scatter(xs, ys, zorder=3)
+        for (label, _, _), x, y in zip(rows, xs, ys):
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        front = sorted((x, y) for x, y in zip(xs, ys) if not any(x2 <= x and y2 > y or x2 < x and y2 >= y
+                                                                 for x2, y2 in zip(xs, ys)))
+        ax.plot([p[0] for p in front], [p[1] for p in front], "--", alpha=0.6, zorder=2)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(out_png)
+    try:
+        atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    finally:
+        plt.close(fig)
+    return out
