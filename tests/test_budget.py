@@ -85,3 +85,36 @@ def test_conv_transpose_costs_as_its_equivalent_convolution(tmp_path):
     layer = rep.layers[0]
     assert (layer.op, layer.macs, layer.compute_cycles) == ("ConvTranspose", 7200, 288)
     assert 968 <= layer.dram_write_bytes <= 968 + 2 * layer.tiles
+
+
+def test_prune_and_train_budgets_from_the_command_line(tmp_path):
+    from cli_harness import run_cli
+    r = run_cli("prune", "resnet20", "--select", "magnitude", "--budget", "flops=20M", "--round-to", "8",
+                "-o", tmp_path / "p.pt")
+    assert r.code == 0, r.err
+    g = cg.trace(cg.load_model(str(tmp_path / "p.pt")).model, (1, 3, 32, 32))
+    assert g.flops() <= 20e6 and all(grp.width % 8 == 0 for grp in g.groups if grp.prunable)
+    r = run_cli("train", "--dataset", "mnist-mini", "--seed-width", "0.5", "--epochs", "4", "--train-limit", "512",
+                "--test-limit", "256", "--batch-size", "64", "--lr", "0.05", "--prune-start", "0.5",
+                "--prune-end", "0.75", "--budget", "params=30000", "--round-to", "4", "--out", tmp_path / "run")
+    assert r.code == 0, r.err
+    final = cg.load_model(str(tmp_path / "run" / "model.pt")).model
+    assert sum(p.numel() for p in final.parameters()) <= 30000
+    assert all(w % 4 == 0 for w in (final.conv1.out_channels, final.conv2.out_channels, final.fc1.out_features))
+
+
+def test_pareto_plot_of_accuracy_against_cost(tmp_path):
+    from cli_harness import run_cli
+    from PIL import Image
+
+    from cgap_graph.passes.export import export_onnx
+    paths = []
+    for w in (0.25, 0.5):
+        paths.append(tmp_path / f"lenet{w}.onnx")
+        export_onnx(cg.zoo.build("lenet5", width=w), (1, 1, 28, 28), paths[-1])
+    r = run_cli("cost", *paths, "--pareto", tmp_path / "p.png", "--accuracy", "0.97,98.5%")
+    assert r.code == 0, r.err
+    with Image.open(tmp_path / "p.png") as im:
+        assert im.size[0] > 600 and im.size[1] > 300
+    r = run_cli("cost", *paths, "--pareto", tmp_path / "q.png")
+    assert r.code == 2 and "summary.json" in r.err and not (tmp_path / "q.png").exists()

@@ -65,7 +65,7 @@ def apply_selection(cg: ChannelGraph, selections: Mapping[int, Sequence[int]],
         raise SurgeryError(f"the resized model does not validate: {str(exc).splitlines()[0]}") from exc
     return SurgeryReport(widths_before, {g.id: g.width for g in cg.groups}, params_before,
                          sum(p.numel() for p in gm.parameters()), sorted(new_tensors), index_maps, new_masks,
-                         old_params)
+                         old_params, {key: get_tensor(gm, key) for key in new_tensors})
 
 
 def _selections(cg: ChannelGraph, selections: Mapping[int, Sequence[int]]):

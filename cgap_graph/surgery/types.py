@@ -49,3 +49,4 @@ class SurgeryReport:
     index: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
     new_mask: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
     old_params: dict[str, torch.Tensor] = field(default_factory=dict)
+    new_params: dict[str, torch.Tensor] = field(default_factory=dict)  # right after this step

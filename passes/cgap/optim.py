@@ -21,12 +21,15 @@ def carry_optimizer(optimizer: torch.optim.Optimizer, module: torch.nn.Module, r
     if new_units not in ("copy", "zero"):
         raise CgapError(f"new_units must be 'copy' or 'zero', got '{new_units}'")
     old_to_key = {id(p): k for k, p in report.old_params.items()}
+
+    def new_of(key: str) -> torch.Tensor:  # the parameter this step made (later steps may replace it)
+        return report.new_params[key] if key in report.new_params else get_tensor(module, key)
     groups = []
     for group in optimizer.param_groups:
         params = []
         for p in group["params"]:
             key = old_to_key.get(id(p))
-            params.append(get_tensor(module, key) if key is not None else p)
+            params.append(new_of(key) if key is not None else p)
         groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": params})
     new_opt = type(optimizer)(groups, **getattr(optimizer, "defaults", {}))
     for p, state in optimizer.state.items():
@@ -34,7 +37,7 @@ def carry_optimizer(optimizer: torch.optim.Optimizer, module: torch.nn.Module, r
         if key is None:
             new_opt.state[p] = state
             continue
-        new_p = get_tensor(module, key)
+        new_p = new_of(key)
         carried = {}
         for name, value in state.items():
             if isinstance(value, torch.Tensor) and value.shape == p.shape:
