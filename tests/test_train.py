@@ -179,3 +179,31 @@ def test_api_example_runs():
     import custom_loop
     acc = custom_loop.main(epochs=4)
     assert acc > 0.5
+
+
+# ---- options used by the Table I study (issue 14) -------------------------------------------------------
+def test_restart_lr_restarts_the_schedule_after_pruning():
+    cfg = TrainConfig(epochs=60, restart_lr=0.01)
+    assert cfg.lr_at(20) == pytest.approx(0.01) and cfg.lr_at(40) == pytest.approx(0.001)  # no restart given
+    # pruning over after epoch 24: 36 epochs left, decay every round(0.3 * 36) = 11
+    assert [cfg.lr_at(e, 25) for e in (24, 25, 35, 36, 47, 58)] == pytest.approx([0.01, 0.01, 0.01, 0.001, 1e-4, 1e-5])
+    assert TrainConfig(epochs=60).lr_at(40, 25) == pytest.approx(0.001)  # no restart_lr: the plain schedule
+    with pytest.raises(CgapError, match="restart-lr"):
+        TrainConfig(restart_lr=0).validate()
+    with pytest.raises(CgapError, match="growth-saliency"):
+        TrainConfig(growth_saliency="best").validate()
+
+
+def test_random_growth_keep_zeros_and_restart(tmp_path):
+    cfg = quick_config(growth_saliency="random", keep_zeros=True, restart_lr=0.02, prune_end=0.67)
+    model, ref = lenet_seed()
+    res = train_run(model, SHAPE, "mnist-mini", tmp_path / "run", cfg, reference_widths=ref, progress=False)
+    m = res.metrics
+    assert any(r["phase"].startswith("grow") for r in m) and any(r["phase"].endswith("prune") for r in m)
+    last_prune = max(r["epoch"] for r in m if r["phase"].endswith("prune"))
+    assert m[last_prune]["lr"] == pytest.approx(0.02)  # the epoch after pruning ended restarts the lr
+    # the zeroed weights stayed zero to the end: far more zeros than a trained layer has by chance
+    sd = cg.load_model(str(tmp_path / "run" / "model.pt")).model.state_dict()
+    zeros = sum(int((v == 0).sum()) for k, v in sd.items() if k.endswith("weight") and v.dim() >= 2)
+    total = sum(v.numel() for k, v in sd.items() if k.endswith("weight") and v.dim() >= 2)
+    assert zeros >= 0.1 * total, (zeros, total)  # (without keep_zeros: next to none are exactly 0)

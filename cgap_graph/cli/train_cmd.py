@@ -52,6 +52,10 @@ HYPER_HELP = {
     "zero_survivors": "Keep Algorithm 3's zeroed weights in the units that stay (paper); "
                       "--no-zero-survivors gives them back: the zeros only choose the units to remove.",
     "saliency": "taylor (paper), magnitude or random.",
+    "growth_saliency": "Scores that growth picks units by (default: --saliency); random: the paper's Fig. 7 ablation.",
+    "keep_zeros": "The weights Algorithm 3 zeroed in the units that stay remain zero to the end (masked after "
+                  "every step), so the final model is as sparse as the paper's pruning-only rows count it.",
+    "restart_lr": "Once pruning is over, restart the learning rate at this value, decayed over the epochs left.",
     "saliency_batches": "Batches for each saliency estimate.",
     "seed": "Random seed.",
     "device": "cpu (default) or cuda[:N].",

@@ -49,7 +49,10 @@ class TrainConfig:
     budget: str | None = None  # prune towards METRIC=VALUE (passes/cgap/budget.py), reached at prune_end
     round_to: int = 1  # keep every resized width a multiple of this
     zero_survivors: bool = True  # keep Alg. 3's zeroed weights in the units that stay (False: restore them)
+    keep_zeros: bool = False  # the weights Alg. 3 zeroed in the units that stay remain zero (masked) to the end
+    restart_lr: float | None = None  # once pruning is over, restart the lr here, decayed over the epochs left
     saliency: str = "taylor"  # taylor | magnitude | random
+    growth_saliency: str | None = None  # the scores growth picks by (Alg. 2); default: saliency. random: Fig. 7
     saliency_batches: int = 10
     # run
     seed: int = 0
@@ -65,8 +68,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None:
                 check_number(name, value, lo, hi, lo_open=lo_open, hi_open=hi_open, meaning=meaning)
-        for name, allowed in _CHOICES.items():
-            if getattr(self, name) not in allowed:
+        for name, allowed in [*_CHOICES.items(), *_OPTIONAL_CHOICES.items()]:
+            if getattr(self, name) not in allowed and not (name in _OPTIONAL_CHOICES and getattr(self, name) is None):
                 raise BadValue(name, f"must be {' or '.join(allowed)}, got '{getattr(self, name)}'")
         for name, r in self.gamma_w_layers.items():
             check_number(f"gamma_w for layer '{name}'", r, 0.0, 1.0, lo_open=True, hi_open=True)
@@ -74,16 +77,22 @@ class TrainConfig:
             raise BadValue("prune_start", f"must be <= prune-end, got {self.prune_start} and {self.prune_end}")
         if self.budget is not None:
             parse_budget(self.budget)
-        if not isinstance(self.zero_survivors, bool):
-            raise BadValue("zero_survivors", f"must be true or false, got {self.zero_survivors!r}")
+        for flag in ("zero_survivors", "keep_zeros"):
+            if not isinstance(getattr(self, flag), bool):
+                raise BadValue(flag, f"must be true or false, got {getattr(self, flag)!r}")
         return self
 
     @property
     def unit_rate(self) -> float:
         return self.gamma_w if self.gamma_f is None else self.gamma_f
 
-    def lr_at(self, epoch: int) -> float:
-        """Learning rate of a 1-based epoch: divided by 10 at every lr_decay_every of the run."""
+    def lr_at(self, epoch: int, finetune_from: int | None = None) -> float:
+        """Learning rate of a 1-based epoch: divided by 10 at every lr_decay_every of the run. With
+        ``restart_lr`` and ``finetune_from`` (the first epoch after pruning ended), the schedule
+        restarts there: restart_lr, divided by 10 at every lr_decay_every of the epochs left."""
+        if self.restart_lr is not None and finetune_from is not None and epoch >= finetune_from:
+            step = max(1, round(self.lr_decay_every * (self.epochs - finetune_from + 1)))
+            return self.restart_lr * (0.1 ** ((epoch - finetune_from) // step))
         step = max(1, round(self.lr_decay_every * self.epochs))
         return self.lr * (0.1 ** ((epoch - 1) // step))
 
@@ -122,10 +131,12 @@ _RANGES = (
     ("saliency_batches", 1, 1_000_000, False, False, ""), ("eval_batch_size", 1, 1 << 20, False, False, ""),
     ("train_limit", 1, None, False, False, "a number of images"),
     ("test_limit", 1, None, False, False, "a number of images"),
-    ("seed", 0, 2**63 - 1, False, False, ""), ("round_to", 1, 4096, False, False, "widths stay multiples of it"),
+    ("seed", 0, 2**63 - 1, False, False, ""), ("restart_lr", 0.0, 1e3, True, False, "the learning rate"),
+    ("round_to", 1, 4096, False, False, "widths stay multiples of it"),
 )
 _CHOICES = {"optimizer": ("sgd", "adam"), "init": ("paper", "preserve", "random"),
             "saliency": ("taylor", "magnitude", "random")}
+_OPTIONAL_CHOICES = {"growth_saliency": ("taylor", "magnitude", "random")}
 
 
 def read_config(path: str | Path) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from cgap_graph.passes.cgap.budget import budget_prune, measure, parse_budget
 from cgap_graph.passes.cgap.grow import grow
 from cgap_graph.passes.cgap.optim import carry_optimizer
 from cgap_graph.passes.cgap.prune import prune
-from cgap_graph.passes.cgap.saliency import unit_scores, weight_scores
+from cgap_graph.passes.cgap.saliency import unit_scores, weight_scores, weight_slots
 from cgap_graph.passes.cgap.seed import capacity_by_id, group_key
 from cgap_graph.run.config import TrainConfig
 
@@ -74,6 +74,8 @@ class CGaP:
         # data-parallel runs: saliency gradients are averaged across ranks and rank 0's scores
         # used by all, so every rank grows and prunes the same units (see distributed.py)
         self.dist: Any = None
+        self.finetune_from: int | None = None  # first epoch after the last pruning step (restart_lr)
+        self.masks: dict[str, torch.Tensor] = {}  # keep_zeros: weight name -> nonzero mask after the last prune
 
     @property
     def model(self) -> torch.fx.GraphModule:
@@ -89,18 +91,19 @@ class CGaP:
         cap = {k: max(1, int(math.floor(w * self.config.capacity))) for k, w in self.reference_widths.items()}
         return capacity_by_id(self.cg, cap)
 
-    def _saliency(self, epoch: int):
+    def _saliency(self, epoch: int, mode: str | None = None):
         c = self.config
-        if c.saliency == "taylor" and self.saliency_data is None:
+        mode = mode or c.saliency
+        if mode == "taylor" and self.saliency_data is None:
             raise CgapError("Taylor saliency needs saliency_data (a loader of training batches) or "
                             "config.saliency = 'magnitude'")
         gen = getattr(self.saliency_data, "generator", None)
         if isinstance(gen, torch.Generator):  # the batches depend on the epoch only: resumable
             gen.manual_seed(c.seed * 1000 + epoch)
-        sal = weight_scores(self.cg, self.saliency_data, mode=c.saliency, batches=c.saliency_batches,
+        sal = weight_scores(self.cg, self.saliency_data, mode=mode, batches=c.saliency_batches,
                             loss_fn=self.loss_fn, train_mode=self.model.training,
                             generator=torch.Generator().manual_seed(c.seed * 1000 + epoch),
-                            reduce_grads=self.dist.mean_ if self.dist is not None and c.saliency == "taylor" else None)
+                            reduce_grads=self.dist.mean_ if self.dist is not None and mode == "taylor" else None)
         if self.dist is not None:
             self.dist.broadcast_(list(sal.weights.values()))
         return unit_scores(self.cg, sal)
@@ -111,7 +114,7 @@ class CGaP:
         c = self.config
         events: list[Event] = []
         if c.grows_at(epoch) and not self.growth_done and not self.pruning_started:
-            rep = grow(self.cg, self._saliency(epoch), c.beta, init=c.init, sigma=c.sigma, mu=c.mu,
+            rep = grow(self.cg, self._saliency(epoch, c.growth_saliency), c.beta, init=c.init, sigma=c.sigma, mu=c.mu,
                        capacity=self.capacity(), seed=c.seed * 1000 + epoch, round_to=c.round_to)
             if rep.picked:
                 optimizer = carry_optimizer(optimizer, self.model, rep.surgery)
@@ -127,6 +130,12 @@ class CGaP:
                 if rep.surgery is not None and rep.surgery.changed:
                     optimizer = carry_optimizer(optimizer, self.model, rep.surgery)
             events.append(Event("prune", sum(len(v) for rep in reports for v in rep.removed.values())))
+            if c.keep_zeros and c.zero_survivors:
+                self._record_masks()
+        if self.pruning_started and self.finetune_from is None and (
+                epoch >= round(c.prune_end * c.epochs) or done
+                or (c.prune_target is not None and self.cg.param_count() <= c.prune_target)):
+            self.finetune_from = epoch + 1  # pruning is over: fine-tuning from the next epoch
         self.history.append({"epoch": epoch, "events": [str(e) for e in events]})
         return self.model, optimizer, events
 
@@ -150,12 +159,29 @@ class CGaP:
         step.limit = current - (current - budget.limit) / max(1, left)
         return budget_prune(self.cg, self._saliency(epoch), step, round_to=c.round_to).prune
 
+    def _record_masks(self) -> None:
+        params = dict(self.model.named_parameters())
+        self.masks = {k: params[k].detach() != 0 for k in sorted({s.key for s in weight_slots(self.cg)})
+                      if k in params}
+
+    @torch.no_grad()
+    def apply_masks(self) -> None:
+        """keep_zeros: set the weights zeroed by the last pruning step back to zero (after each step)."""
+        params = dict(self.model.named_parameters()) if self.masks else {}
+        for k, m in self.masks.items():
+            p = params.get(k)
+            if p is not None and p.shape == m.shape:
+                p.mul_(m.to(p.device))
+
     def state(self) -> dict[str, Any]:
         return {"growth_done": self.growth_done, "pruning_started": self.pruning_started,
-                "reference_widths": self.reference_widths, "history": self.history}
+                "finetune_from": self.finetune_from, "reference_widths": self.reference_widths,
+                "history": self.history, "masks": {k: m.cpu() for k, m in self.masks.items()}}
 
     def load_state(self, st: dict[str, Any]) -> None:
         self.growth_done = st["growth_done"]
         self.pruning_started = st["pruning_started"]
         self.reference_widths = dict(st["reference_widths"])
         self.history = list(st["history"])
+        self.finetune_from = st.get("finetune_from")
+        self.masks = dict(st.get("masks", {}))

@@ -168,9 +168,19 @@ def _open(model, input_shape, dataset, out, config, data_dir, resume, reference_
         console.quiet = True  # one log per run: rank 0's
     run.net = cgap.model if ctx is None else ctx.wrap(cgap.model, device)  # what the training steps run
     run.step_hook = after_step if ctx is None or after_step is None else (lambda m: after_step(m.module))
+    if config.keep_zeros:  # the zeroed weights stay zero: masks first, then the caller's hook
+        run.step_hook = _masked_steps(cgap, run.step_hook)
     run.t_run = time.perf_counter() - (run.metrics[-1]["seconds"] if run.metrics else 0.0)
     run.train_flops = run.metrics[-1]["train_flops_total"] if run.metrics else 0.0
     return run
+
+
+def _masked_steps(cgap: CGaP, user_hook: Callable | None) -> Callable:
+    def step(model: nn.Module) -> None:
+        cgap.apply_masks()
+        if user_hook is not None:
+            user_hook(model)
+    return step
 
 
 def _loaders(dataset: str, config: TrainConfig, data_dir, ctx) -> tuple:
@@ -203,7 +213,7 @@ def _restore(run: _Run, saved: dict[str, Any]) -> None:
 def _epoch(run: _Run, epoch: int) -> None:
     """One epoch: train, structural step on schedule, evaluate, log, checkpoint."""
     cgap, ctx, config = run.cgap, run.ctx, run.config
-    lr = config.lr_at(epoch)
+    lr = config.lr_at(epoch, cgap.finetune_from)
     for g in run.optimizer.param_groups:
         g["lr"] = lr
     flops_before = cgap.cg.flops() / cgap.cg.input_specs[0].shape[0]
