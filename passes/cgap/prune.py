@@ -263,7 +263,8 @@ def _reader_inputs(cg: ChannelGraph) -> dict[str, torch.Tensor]:
                 seen[target] = args[0]
             return super().call_module(target, args, kwargs)
 
-    full = random_inputs(cg, batch=2, seed=123)
+    dev = next((p.device for p in gm.parameters()), torch.device("cpu"))  # probe where the model is (CUDA)
+    full = [t.to(dev) for t in random_inputs(cg, batch=2, seed=123)]
     small = [x[..., :PROBE_SIZE, :PROBE_SIZE] if x.dim() >= 4 and x.is_floating_point() else x for x in full]
     was = gm.training
     gm.eval()
@@ -299,7 +300,8 @@ def _fold_one(cg: ChannelGraph, s: Slot, pos: np.ndarray, inputs: dict, report: 
         report.not_folded.append(f"{s.key}: reader is not a Linear/Conv module")
         return
     cdim = x.dim() - 1 if isinstance(mod, nn.Linear) else x.dim() - len(mod.kernel_size) - 1
-    vals = x.movedim(cdim, 0)[torch.as_tensor(pos)].reshape(len(pos), -1)
+    idx = torch.as_tensor(pos, device=x.device)
+    vals = x.movedim(cdim, 0)[idx].reshape(len(pos), -1)
     c = vals[:, 0]
     if (vals.max(1).values - vals.min(1).values).abs().max() > 1e-6 * (1 + c.abs().max()):
         report.not_folded.append(f"{s.key}: the removed channels are not constant there")
@@ -307,14 +309,14 @@ def _fold_one(cg: ChannelGraph, s: Slot, pos: np.ndarray, inputs: dict, report: 
     if c.abs().max() == 0:
         return
     if isinstance(mod, nn.Linear):
-        contrib = mod.weight[:, torch.as_tensor(pos)] @ c
+        contrib = mod.weight[:, idx] @ c
     else:
         if mod.groups != 1 or any(p != 0 for p in _padding(mod)):
             report.not_folded.append(
                 f"{mod_path}: a constant of up to {float(c.abs().max()):.3g} from removed channels cannot be "
                 "folded exactly into a padded or grouped convolution")
             return
-        contrib = (mod.weight[:, torch.as_tensor(pos)] * c.view(1, -1, *([1] * len(mod.kernel_size)))
+        contrib = (mod.weight[:, idx] * c.view(1, -1, *([1] * len(mod.kernel_size)))
                    ).flatten(1).sum(1)
     _ensure_bias(cg, mod_path, s)
     mod.bias += contrib
