@@ -37,9 +37,11 @@ def machine() -> dict:
     }
 
 
-def write_json(name: str, data: dict) -> Path:
+def write_json(name: str, data: dict, quick: bool = False) -> Path:
+    """Atomically write ``results/NAME.json``; a ``--quick`` check writes ``NAME_quick.json`` (git-ignored),
+    so it never replaces a real measurement."""
     from cgap_graph.io.atomic import atomic_write_text
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    path = RESULTS / f"{name}{'_quick' if quick else ''}.json"
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
     return path

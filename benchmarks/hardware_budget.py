@@ -137,7 +137,8 @@ def part_b(args, tmp: Path) -> dict:
     dense_onnx = tmp / "dense.onnx"
     export_onnx(trained, (1, 1, 28, 28), dense_onnx, check=False)
     points["LeNet-5"] = (res.test_accuracy, cost_onnx(dense_onnx))
-    plot_pareto(points, RESULTS / "hardware_pareto.png", title="LeNet-5 on MNIST: parameter vs FPGA-latency budgets")
+    png = RESULTS / f"hardware_pareto{'_quick' if args.quick else ''}.png"
+    plot_pareto(points, png, title="LeNet-5 on MNIST: parameter vs FPGA-latency budgets")
     return {"baseline_accuracy": res.test_accuracy, "pairs": pairs}
 
 
@@ -158,7 +159,7 @@ def main() -> None:
     a = part_a(["resnet56", "vgg16"], args.repeats, runs)
     with tempfile.TemporaryDirectory() as tmp:
         b = part_b(args, Path(tmp)) if data.data_root() is not None else {"skipped": "no CGAP_DATA_DIR"}
-    print(f"wrote {write_json('hardware_budget', {'machine': machine(), 'ort': a, 'lenet5': b})}")
+    print(f"wrote {write_json('hardware_budget', {'machine': machine(), 'ort': a, 'lenet5': b}, args.quick)}")
 
 
 if __name__ == "__main__":

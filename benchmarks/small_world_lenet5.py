@@ -161,7 +161,7 @@ def main() -> None:
     result = {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}, "dense_params": dense,
               "rows": rows, "goals": goals,
               "params_kept_counts": "nonzero Conv/Linear weights + all biases of the final shrunk model"}
-    print(f"wrote {write_json('small_world_lenet5' + ('_quick' if args.quick else ''), result)}")
+    print(f"wrote {write_json('small_world_lenet5', result, args.quick)}")
 
 
 if __name__ == "__main__":

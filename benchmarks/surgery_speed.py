@@ -208,7 +208,7 @@ def main() -> None:
         print(f"1B plan: {big}")
     result = {"machine": machine(), "repeats": args.repeats, "rows": rows, "big_plan": big,
               "torchvision": have_tv}
-    print(f"wrote {write_json('surgery_speed', result)}")
+    print(f"wrote {write_json('surgery_speed', result, args.quick)}")
 
 
 def _ratio(a, b):

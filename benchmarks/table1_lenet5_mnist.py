@@ -198,7 +198,7 @@ def main() -> None:
             "cheaper_training_than_baseline": cg_row["train_flops"] < base["train_flops"]}
     print("goals:", goal)
     result = {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows, "goals": goal}
-    print(f"wrote {write_json('table1_lenet5_mnist', result)}")
+    print(f"wrote {write_json('table1_lenet5_mnist', result, args.quick)}")
 
 
 if __name__ == "__main__":

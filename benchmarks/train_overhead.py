@@ -122,7 +122,7 @@ def main() -> None:
     print(f"CGaP run: {run['cgap_images_per_s']:.0f} images/s, plain PyTorch at the same widths "
           f"{run['plain_images_per_s']:.0f} images/s: overhead {100 * run['overhead']:+.1f}% (goal within 10%)")
     result = {"machine": machine(), "graph_vs_eager": graph, "cgap_vs_plain": run}
-    print(f"wrote {write_json('train_overhead', result)}")
+    print(f"wrote {write_json('train_overhead', result, args.quick)}")
 
 
 if __name__ == "__main__":
