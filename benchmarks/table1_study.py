@@ -16,7 +16,8 @@ so the study resumes where it stopped and runs ``--workers`` jobs at a time. Job
   growth) applied to the trained baseline, down to CGaP's final parameter count, then fine-tuned;
 - ``taylor_s{k}``: Torch-Pruning's global Taylor pruning of the trained baseline to CGaP's count, fine-tuned;
 - ``alg3e_s{k}``, ``taylore_s{k}``: the same from a baseline of half the epochs, so that baseline +
-  fine-tuning equals CGaP's epochs (the equal-total-epochs comparison);
+  fine-tuning equals CGaP's epochs (the equal-total-epochs comparison); ``alg3f``/``taylorf``: from a
+  baseline of ``--flops-epochs`` epochs, whose training costs about what a CGaP run costs (equal FLOPs);
 - ``rand_s{k}``: CGaP with random growth (Fig. 7's ablation: which units are copied is random);
 - ``seedw{W}_s0``: CGaP from other seed widths (Table V's robustness ablation);
 - ``try_*``: CGaP variants tried on seed 0 (what was tried, including what did not help).
@@ -82,18 +83,22 @@ def job_table(args) -> dict[str, tuple[str, list[str], dict]]:
         jobs[f"alg3_s{k}"] = ("alg3", dep, {"seed": k, "ft_epochs": half})
     for k in args.seeds:
         jobs[f"rand_s{k}"] = ("cgap", [], {"seed": k, "over": {"growth_saliency": "random"}})
-    for k in args.seeds:
-        jobs[f"base{half}_s{k}"] = ("baseline", [], {"seed": k, "epochs": half})
-    for k in args.seeds:
-        dep = [f"base{half}_s{k}", f"cgap_s{k}"]
-        jobs[f"taylore_s{k}"] = ("taylor", dep, {"seed": k, "ft_epochs": args.epochs - half})
-        jobs[f"alg3e_s{k}"] = ("alg3", dep, {"seed": k, "ft_epochs": args.epochs - half})
     for w in (0.125, 0.5):
         jobs[f"seedw{w}_s0"] = ("cgap", [], {"seed": 0, "seed_width": w})
-    tried = {"try_norestart_s0": {"restart_lr": None}, "try_late_s0": {"prune_start": 0.5, "prune_end": 0.8},
-             "try_uniform_s0": {"gamma_w_layers": {}}, "try_keepzeros_s0": {"keep_zeros": True}}
+    tried = {"try_budget_s0": {"budget": f"params={args.target}", "prune_target": None},
+             "try_late_s0": {"prune_start": 0.5, "prune_end": 0.8}, "try_keepzeros_s0": {"keep_zeros": True},
+             "try_norestart_s0": {"restart_lr": None}}
     for name, over in tried.items():
         jobs[name] = ("cgap", [], {"seed": 0, "over": over})
+    # equal total epochs (a baseline of half the epochs + fine-tuning) and equal training FLOPs
+    # (a baseline of ``flops_epochs``, whose training costs about what a CGaP run costs)
+    for k in args.equal_seeds:
+        for e, tag in ((half, "e"), (args.flops_epochs, "f")):
+            if f"base{e}_s{k}" not in jobs:
+                jobs[f"base{e}_s{k}"] = ("baseline", [], {"seed": k, "epochs": e})
+            dep = [f"base{e}_s{k}", f"cgap_s{k}"]
+            jobs[f"taylor{tag}_s{k}"] = ("taylor", dep, {"seed": k, "ft_epochs": args.epochs - half})
+            jobs[f"alg3{tag}_s{k}"] = ("alg3", dep, {"seed": k, "ft_epochs": args.epochs - half})
     return jobs
 
 
@@ -172,15 +177,23 @@ def schedule(args) -> None:
     """Run every job not yet finished, ``--workers`` at a time, each after its dependencies."""
     jobs = job_table(args)
     done = {n for n in jobs if (args.out / n / "study.json").exists()}
+    external = {n for n in jobs if n not in done and _alive(args.out / f"{n}.pid")}  # a previous scheduler's
     todo = [n for n in jobs if n not in done and (not args.only or any(n.startswith(p) for p in args.only))]
     running: dict[str, subprocess.Popen] = {}
     failed: set[str] = set()
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     base_cmd = [sys.executable, __file__, "--epochs", str(args.epochs), "--out", str(args.out),
-                "--seeds", ",".join(map(str, args.seeds)), "--target", str(args.target)]
+                "--seeds", ",".join(map(str, args.seeds)), "--target", str(args.target),
+                "--equal-seeds", ",".join(map(str, args.equal_seeds)), "--flops-epochs", str(args.flops_epochs)]
     if args.quick:
         base_cmd.append("--quick")
-    while todo or running:
+    todo = [n for n in todo if n not in external]
+    while todo or running or external:
+        for n in list(external):
+            if (args.out / n / "study.json").exists() or not _alive(args.out / f"{n}.pid"):
+                external.discard(n)
+                (done if (args.out / n / "study.json").exists() else failed).add(n)
+                print(f"[{time.strftime('%H:%M:%S')}] {n}: {'done' if n in done else 'FAILED'} (earlier scheduler)")
         for n, p in list(running.items()):
             if p.poll() is not None:
                 (done if p.returncode == 0 else failed).add(n)
@@ -188,16 +201,25 @@ def schedule(args) -> None:
                 del running[n]
         ready = [n for n in todo if all(d in done for d in jobs[n][1])]
         todo = [n for n in todo if not any(d in failed for d in jobs[n][1])]
-        while ready and len(running) < args.workers:
+        while ready and len(running) + len(external) < args.workers:
             n = ready.pop(0)
             todo.remove(n)
             log = open(args.out / f"{n}.log", "w")  # noqa: SIM115 (closed with the process)
             running[n] = subprocess.Popen(base_cmd + ["--job", n], stdout=log, stderr=subprocess.STDOUT, env=env)
+            (args.out / f"{n}.pid").write_text(str(running[n].pid))
             print(f"[{time.strftime('%H:%M:%S')}] {n}: started", flush=True)
-        if not ready and not running and todo:
+        if not ready and not running and not external and todo:
             break
         time.sleep(2)
     print(f"finished: {len(done)} done, {len(failed)} failed: {sorted(failed)}")
+
+
+def _alive(pid_file: Path) -> bool:
+    try:
+        os.kill(int(pid_file.read_text()), 0)
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def _agg(rows: list[dict], key: str) -> tuple[float, float]:
@@ -210,7 +232,23 @@ METHODS = [("baseline", "LeNet5-Baseline", "base{E}_s"), ("cgap", "CGaP", "cgap_
            ("taylor", "Pruning-only: Torch-Pruning Taylor + fine-tuning", "taylor_s"),
            ("alg3e", "Algorithm 3, equal total epochs", "alg3e_s"),
            ("taylore", "Taylor, equal total epochs", "taylore_s"),
+           ("alg3f", "Algorithm 3, equal training FLOPs", "alg3f_s"),
+           ("taylorf", "Taylor, equal training FLOPs", "taylorf_s"),
            ("rand", "CGaP, random growth (Fig. 7)", "rand_s")]
+
+
+def markdown(rows: list[dict]) -> str:
+    """The study's table as Markdown (mean +- std over seeds), for the README."""
+    lines = ["| method | seeds | accuracy % | params | FLOPs | non-zero params | non-zero FLOPs | epochs "
+             "| training FLOPs |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        pm = lambda k, scale=1.0, fmt="{:,.0f}": (f"{fmt.format(r[k + '_mean'] / scale)} +- "
+                                                  f"{fmt.format(r[k + '_std'] / scale)}")
+        lines.append(f"| {r['label']} | {len(r['seeds'])} | {pm('accuracy_pct', fmt='{:.2f}')} | {pm('params')} | "
+                     f"{pm('flops', 1e6, '{:.3f}M')} | {pm('nz_params')} | {pm('nz_flops', 1e6, '{:.3f}M')} | "
+                     f"{r['epochs']} | {pm('train_flops_all', 1e12, '{:.1f}T')} |")
+    return "\n".join(lines)
 
 
 def table(args) -> None:
@@ -246,6 +284,7 @@ def table(args) -> None:
                   f("train_flops_all", 1e12, "{:.1f}T"))
     console = Console(width=200)
     console.print(t)
+    print(markdown(rows))
     extra = {n: {k: runs[n][k] for k in ("accuracy", "params", "flops", "nz_params", "nz_flops", "widths",
                                           "loss_curve", "seed_params", "peak_params") if k in runs[n]}
              for n in runs if n.startswith(("seedw", "try_"))}
@@ -263,6 +302,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
+    p.add_argument("--equal-seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0],
+                   help="seeds of the equal-epochs and equal-FLOPs pruning-only comparisons")
+    p.add_argument("--flops-epochs", type=int, default=5,
+                   help="baseline epochs of the equal-training-FLOPs comparison (~ a CGaP run's training FLOPs)")
     p.add_argument("--seed-width", type=float, default=0.25)
     p.add_argument("--target", type=int, default=7900, help="CGaP's parameter target (the paper's row: 8K)")
     p.add_argument("--tau-accu", type=float, default=0.985)

@@ -26,6 +26,7 @@ from cgap_graph.ir.analysis import Analyzer, describe_target, iter_tinfos
 from cgap_graph.ir.copies import copy_module
 from cgap_graph.ir.expr import Expr
 from cgap_graph.ir.flops import count_flops
+from cgap_graph.ir.gc_pause import gc_paused
 from cgap_graph.ir.traced import Traced
 from cgap_graph.ir.tracing import trace_module
 from cgap_graph.rules.registry import TSpec
@@ -235,6 +236,7 @@ class ChannelGraph:
             self._gm = self._materialize()
         return self._gm
 
+    @gc_paused
     def _materialize(self) -> fx.GraphModule:
         root = self.traced.root
         memo: dict[int, Any] = {}
@@ -373,6 +375,7 @@ def _specs(input_shape, example_inputs, input_dtype) -> list[TSpec]:
     return out
 
 
+@gc_paused
 def trace(model: nn.Module, input_shape: Sequence[int] | Sequence[Sequence[int]] | None = None, *,
           example_inputs: Any = None, input_dtype: torch.dtype | Sequence[torch.dtype] = torch.float32,
           leaf_modules: Sequence[Any] = ()) -> ChannelGraph:

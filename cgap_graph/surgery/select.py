@@ -10,6 +10,7 @@ import torch
 
 from cgap_graph.errors import CgapError, SurgeryError
 from cgap_graph.ir.analysis import Slot
+from cgap_graph.ir.gc_pause import gc_paused
 from cgap_graph.ir.graph import ChannelGraph, layouts
 from cgap_graph.ir.values import SizeV, TInfo
 from cgap_graph.surgery.constants import apply_const
@@ -32,6 +33,7 @@ def _check_selection(cg: ChannelGraph, gid: int, idx: Sequence[int]) -> np.ndarr
     return arr
 
 
+@gc_paused
 def apply_selection(cg: ChannelGraph, selections: Mapping[int, Sequence[int]],
                     init: str | Initializer = "preserve", *, validate: bool = True,
                     rng: torch.Generator | None = None, **options: Any) -> SurgeryReport:

@@ -34,6 +34,7 @@ from torch import nn
 
 from cgap_graph.errors import BadValue, CgapError
 from cgap_graph.ir.flops import node_macs
+from cgap_graph.ir.gc_pause import gc_paused
 from cgap_graph.ir.graph import ChannelGraph
 from cgap_graph.ir.values import TInfo
 from cgap_graph.passes.cgap.prune import PruneReport, remove_units, unit_params
@@ -213,6 +214,7 @@ class BudgetReport:
     prune: list[PruneReport] = field(default_factory=list)
 
 
+@gc_paused
 def budget_prune(cg: ChannelGraph, sal: Saliency, budget: Budget, *, round_to: int = 1, fold: bool = True,
                  max_steps: int = 200) -> BudgetReport:
     """Prune until ``measure(cg, budget) <= budget.limit`` (see module docstring)."""

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from cgap_graph.errors import CgapError, check_number
+from cgap_graph.ir.gc_pause import gc_paused
 from cgap_graph.ir.graph import ChannelGraph
 from cgap_graph.passes.cgap.saliency import Saliency
 from cgap_graph.passes.cgap.widths import check_round_to, rounded_growth
@@ -162,6 +163,7 @@ def plan(cg: ChannelGraph, sal: Saliency, beta: float, capacity: Mapping[int, in
     return picked, skipped
 
 
+@gc_paused
 def grow(cg: ChannelGraph, sal: Saliency, beta: float = 0.6, *, init: str = "paper", sigma: float = 0.5,
          mu: float = 0.1, capacity: Mapping[int, int] | None = None, capacity_mode: str = "stop",
          seed: int = 0, inexact: str | None = None, round_to: int = 1) -> GrowthReport:

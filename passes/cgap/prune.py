@@ -25,6 +25,7 @@ import torch.fx as fx
 from torch import nn
 
 from cgap_graph.ir.analysis import Slot
+from cgap_graph.ir.gc_pause import gc_paused
 from cgap_graph.ir.graph import ChannelGraph
 from cgap_graph.passes.cgap.grow import check_rates
 from cgap_graph.passes.cgap.saliency import Saliency, unit_weights, weight_slots
@@ -90,6 +91,7 @@ def unit_sparsity(cg: ChannelGraph, gid: int) -> np.ndarray:
     return np.divide(zeros, counts, out=np.zeros_like(zeros), where=counts > 0)
 
 
+@gc_paused
 def prune(cg: ChannelGraph, sal: Saliency, weight_rate: float = 0.5, unit_rate: float | None = 0.5, *,
           fold: bool = True, shrink: bool = True, layer_rates: dict[str, float] | None = None,
           target_params: int | None = None, zero_survivors: bool = True, round_to: int = 1) -> PruneReport:
@@ -207,6 +209,7 @@ def prune_units(cg: ChannelGraph, sal: Saliency, rate: float, *, fold: bool = Tr
     return remove_units(cg, dead, fold=fold)
 
 
+@gc_paused
 def remove_units(cg: ChannelGraph, dead: dict[int, list[int]], *, fold: bool = True, shrink: bool = True
                  ) -> PruneReport:
     """Zero the units' filters, fold their constant outputs into readers, zero them across their

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from cgap_graph.errors import CgapError
+from cgap_graph.ir.gc_pause import gc_paused
 from cgap_graph.ir.graph import ChannelGraph
 from cgap_graph.surgery import get_tensor
 
@@ -160,6 +161,7 @@ def unit_scores(cg: ChannelGraph, sal: Saliency) -> Saliency:
     return sal
 
 
+@gc_paused
 def saliency(cg: ChannelGraph, data: Iterable | None = None, *, mode: str = "taylor", batches: int = 10,
              loss_fn: Callable = F.cross_entropy, train_mode: bool = False,
              generator: torch.Generator | None = None) -> Saliency:

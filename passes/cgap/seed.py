@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from cgap_graph.errors import CgapError, check_number
+from cgap_graph.ir.gc_pause import gc_paused
 from cgap_graph.ir.graph import ChannelGraph, Group
 from cgap_graph.passes.cgap.widths import check_round_to, rounded_keep
 from cgap_graph.surgery import SurgeryReport, apply_selection, unit_norms
@@ -44,6 +45,7 @@ class SeedReport:
     reference_widths: dict[str, int]
 
 
+@gc_paused
 def seed(cg: ChannelGraph, width: float, *, select: str = "magnitude", reinit: bool = False,
          generator_seed: int = 0, round_to: int = 1) -> SeedReport:
     check_number("width", width, 0.0, 1.0, lo_open=True, meaning="a fraction of the reference widths; the "
