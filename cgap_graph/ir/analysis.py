@@ -55,8 +55,11 @@ class ConstSlot:
     node: str  # node name
     path: tuple  # where in node.args/kwargs: ("args", 1), ("args", 1, 2), ("kwargs", "scale")
     expr: Any
-    mode: str = "width"  # "width" | "infer" (-1) | "sdpa_scale" | "chunk" | "slice_start" | "slice_stop"
+    mode: str = "width"  # "width" | "infer" (-1) | "sdpa_scale" | "pin" | "chunk" | "sections" | "neg_width"
     extra: Any = None
+    # layouts a run-time size argument was computed from (``C // heads``): when one of them changes,
+    # the constant is rewritten too, even if its own layout did not change
+    deps: tuple = ()
 
 
 class RuleError(TraceError):
@@ -152,8 +155,8 @@ class Analyzer:
     def attr(self, module: str, attr: str, expr: Any, scale: int = 1) -> None:
         self.attr_slots.append(AttrSlot(module, attr, expr, scale))
 
-    def const(self, path: tuple, expr: Any, mode: str = "width", extra: Any = None) -> None:
-        self.const_slots.append(ConstSlot(self.node.name, path, expr, mode, extra))
+    def const(self, path: tuple, expr: Any, mode: str = "width", extra: Any = None, deps: tuple = ()) -> None:
+        self.const_slots.append(ConstSlot(self.node.name, path, expr, mode, extra, tuple(deps)))
 
     def spaces_in(self, e: Expr) -> bool:
         return self.t.has_space(e)

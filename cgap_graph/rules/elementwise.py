@@ -169,6 +169,21 @@ def _scalar_fold(node, args):
     return SizeV(tuple(exprs), node.meta.get("value"))
 
 
+def pin_sizes(an, op) -> None:
+    """A scalar computed from a channel width at run time (``(C // heads) ** -0.5``) that enters
+    tensor arithmetic keeps its traced value: after a resize it would be recomputed from the new
+    width and change the function. It becomes a graph constant pinned to today's value, written
+    when any width it was computed from changes."""
+    for i, a in enumerate(op.args):
+        if not isinstance(a, SizeV) or not any(an.spaces_in(e) for e in a.exprs):
+            continue
+        if isinstance(a.value, (int, float)) and not isinstance(a.value, bool):
+            an.const(("args", i), ("F", 1), "pin", extra=a.value, deps=a.exprs)
+        else:
+            for e in a.exprs:
+                an.freeze(e, f"{an.where()}: a scalar computed from this width has no traced value to keep")
+
+
 def bcast(an, node, operands, keeps_zero: bool) -> TInfo:
     """Broadcast channel rule (see module docstring)."""
     out_shape = node.meta["shape"]
@@ -213,6 +228,7 @@ def _add_like(an, op):
     ops = list(args)
     if not any(isinstance(a, TInfo) for a in ops):
         return _scalar_fold(node, ops)
+    pin_sizes(an, op)
     return bcast(an, node, ops, all(_is_zero(a) for a in ops if a is not None))
 
 
@@ -221,6 +237,7 @@ def _mul_like(an, op):
     ops = list(args)
     if not any(isinstance(a, TInfo) for a in ops):
         return _scalar_fold(node, ops)
+    pin_sizes(an, op)
     return bcast(an, node, ops, any(_is_zero(a) for a in ops))
 
 
@@ -229,6 +246,7 @@ def _div_like(an, op):
     ops = list(args[:2])
     if not any(isinstance(a, TInfo) for a in ops):
         return _scalar_fold(node, ops)
+    pin_sizes(an, op)
     out = bcast(an, node, ops, _is_zero(ops[0]))
     den = ops[1]
     if isinstance(den, TInfo) and den.keeps_zero:
@@ -242,6 +260,7 @@ def _pow_channels(an, op):
     base, ex = args[0], args[1]
     if not any(isinstance(a, TInfo) for a in (base, ex)):
         return _scalar_fold(node, (base, ex))
+    pin_sizes(an, op)
     keeps_zero = isinstance(base, TInfo) and base.keeps_zero and not isinstance(ex, TInfo) and v(ex) > 0
     return bcast(an, node, [base, ex], keeps_zero)
 
@@ -250,6 +269,7 @@ def _cmp_channels(an, op):
     node, args = op.node, op.args
     if not any(isinstance(a, TInfo) for a in args):
         return _scalar_fold(node, args)
+    pin_sizes(an, op)
     return bcast(an, node, list(args), False)
 
 

@@ -31,11 +31,34 @@ def _slice_bounds(sl, n):
     return slice(v(sl.start), v(sl.stop), v(sl.step)).indices(n)
 
 
+def _gather_index(idx, ndim):
+    """(position, index tensor) when ``idx`` is one integer tensor after full slices
+    (``table[index]``, ``table[:, index]``: a relative-position bias gathered from its table), else None."""
+    items = list(idx) if isinstance(idx, tuple) else [idx]
+    tensors = [k for k, i in enumerate(items) if is_tensor(i) or isinstance(i, TInfo)]
+    if len(tensors) != 1:
+        return None
+    p = tensors[0]
+    full = slice(None)
+    if p >= ndim or any(not (isinstance(i, slice) and i == full) for i in items[:p]) or \
+            any(not (isinstance(i, slice) and i == full) for i in items[p + 1:]):
+        return None
+    return p, items[p]
+
+
 def _getitem_shape(op):
     args = op.args
     x, idx = args[0], args[1]
     if not is_tensor(x):
         raise TypeError("not a tensor")  # tuple indexing is recorded by the tracer as plain Python
+    gather = _gather_index(idx, len(shp(x)))
+    if gather is not None:
+        p, index = gather
+        if index.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8) or \
+                index.dtype == torch.uint8:
+            raise TypeError("boolean or float index")  # meta fallback
+        s = shp(x)
+        return TSpec((*s[:p], *shp(index), *s[p + 1:]), x.dtype)
     s = shp(x)
     out, d = [], 0
     for _pos, i in _index_items(idx, len(s)):
@@ -61,6 +84,16 @@ def _getitem_channels(an, op):
     if isinstance(container, SizeV) or not isinstance(container, TInfo):
         return SizeV(getattr(container, "exprs", ()), None)
     x = container
+    gather = _gather_index(idx, x.ndim)
+    if gather is not None:  # values gathered by index along one dim: that dim freezes, the others pass
+        p, index = gather
+        if x.exprs[p][0] != "F":
+            an.freeze(x.exprs[p], f"{an.where()}: positions are gathered by an index tensor")
+        for e in index.exprs:
+            if e[0] != "F":
+                an.freeze(e, f"{an.where()}: the index tensor carries channels")
+        exprs = (*x.exprs[:p], *(("F", s) for s in index.shape), *x.exprs[p + 1:])
+        return TInfo(exprs, x.keeps_zero, node.meta["shape"])
     raw_idx = node.args[1]
     tuple_form = isinstance(raw_idx, tuple)
     raw_items = _index_items(raw_idx, x.ndim)
