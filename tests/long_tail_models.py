@@ -142,7 +142,7 @@ class WSConvNet(nn.Module):
         super().__init__()
         self.stem = StdConv2d(3, 8, 3, padding=1)
         self.conv1 = StdConv2d(8, 8, 3, padding=1)
-        self.conv2 = StdConv2d(8, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)  # a plain conv reads conv1: that group stays exact
         self.head = nn.Linear(8, 3)
 
     def forward(self, x):
@@ -175,6 +175,19 @@ class ChannelMixer(nn.Module):
         return torch.einsum("bchw,dc->bdhw", x, self.mix) * self.scale
 
 
+class StarReLU(nn.Module):
+    """MetaFormer's activation ``s * relu(x) ** 2 + b`` with scalar learned ``s`` and ``b``: a
+    zero channel comes out as ``b``, not zero."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(1) * 0.8)
+        self.bias = nn.Parameter(torch.ones(1) * 0.3)
+
+    def forward(self, x):
+        return self.scale * F.relu(x) ** 2 + self.bias
+
+
 class MetaFormerNet(nn.Module):
     """MetaFormer blocks with mixed token mixers: GroupNorm(1) (a LayerNorm over C, H, W), a
     pooling mixer in one block and a channel-mixing one in the next, layer scale, conv MLPs."""
@@ -184,7 +197,7 @@ class MetaFormerNet(nn.Module):
         self.stem = nn.Conv2d(3, dim, 3, padding=1)
         self.norms = nn.ModuleList([nn.GroupNorm(1, dim) for _ in range(4)])
         self.mixers = nn.ModuleList([PoolMixer(), ChannelMixer(dim)])
-        self.mlps = nn.ModuleList([nn.Sequential(nn.Conv2d(dim, 2 * dim, 1), nn.GELU(), nn.Conv2d(2 * dim, dim, 1))
+        self.mlps = nn.ModuleList([nn.Sequential(nn.Conv2d(dim, 2 * dim, 1), StarReLU(), nn.Conv2d(2 * dim, dim, 1))
                                    for _ in range(2)])
         self.ls = nn.ParameterList([nn.Parameter(torch.rand(dim, 1, 1) + 0.5) for _ in range(4)])
         self.head = nn.Linear(dim, 3)

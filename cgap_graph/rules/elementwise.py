@@ -215,8 +215,10 @@ def bcast(an, node, operands, keeps_zero: bool) -> TInfo:
 
 
 def _is_zero(a) -> bool:
+    """Is this operand zero where masking zeroes channels? A tensor without channels (a scalar
+    learned bias, a fixed table) is not masked, so it is not zero there."""
     if isinstance(a, TInfo):
-        return a.keeps_zero
+        return a.keeps_zero and any(e[0] != "F" for e in a.exprs)
     try:
         return v(a) == 0
     except Exception:

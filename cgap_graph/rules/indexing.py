@@ -111,6 +111,9 @@ def _getitem_channels(an, op):
             start, stop, step = _slice_bounds(sl, n)
             length = len(range(start, stop, step))
             if (start, stop, step) == (0, n, 1):
+                if an.spaces_in(e) and isinstance(rsl.stop, int) and rsl.stop >= n:
+                    # ``out[:, :oup]`` that keeps every channel today: the bound follows the width
+                    an.const((*(("args", 1, pos) if tuple_form else ("args", 1)), "stop"), e, "width")
                 out_e.append(e)
             elif not an.spaces_in(e):
                 out_e.append(("F", length))
