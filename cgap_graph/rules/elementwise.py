@@ -80,6 +80,17 @@ register(torch.clamp, torch.clip, "clamp", "clamp_", "clip", "clip_", shape=same
          channels=_clamp_channels)
 register(F.hardtanh, F.hardtanh_, shape=same_shape, channels=_hardtanh_channels)
 
+
+def _fill_channels(an, op):
+    """``zero_``/``fill_`` (Swin-V2 zeroes the key part of its qkv bias): channels stay where they
+    are; zero stays zero when the value is zero."""
+    x = op.args[0]
+    value = 0 if op.node.target == "zero_" else (op.args[1] if len(op.args) > 1 else op.kwargs.get("value"))
+    return TInfo(x.exprs, not isinstance(value, TInfo) and v(value) == 0, x.shape)
+
+
+register("zero_", "fill_", shape=same_shape, channels=_fill_channels)
+
 _BOOL = {torch.isnan, torch.isinf, torch.isfinite, torch.logical_not, "isnan", "isinf", "logical_not"}
 for _f in _BOOL:
     register(_f, shape=lambda op: spec_like(op.args[0], torch.bool))

@@ -46,6 +46,16 @@ def _gather_index(idx, ndim):
     return p, items[p]
 
 
+def _bound_ok(an, b) -> bool:
+    """A slice bound the surgery can rewrite: a literal, or a size computed at run time."""
+    return b is None or isinstance(b, int) or isinstance(b, fx.Node) and isinstance(an.vals.get(b), SizeV)
+
+
+def _bound_deps(an, b) -> tuple:
+    val = an.vals.get(b) if isinstance(b, fx.Node) else None
+    return val.exprs if isinstance(val, SizeV) else ()
+
+
 def _getitem_shape(op):
     args = op.args
     x, idx = args[0], args[1]
@@ -117,7 +127,8 @@ def _getitem_channels(an, op):
                 out_e.append(e)
             elif not an.spaces_in(e):
                 out_e.append(("F", length))
-            elif step != 1 or length == 0 or any(isinstance(b, fx.Node) for b in (rsl.start, rsl.stop, rsl.step)):
+            elif step != 1 or length == 0 or isinstance(rsl.step, fx.Node) or \
+                    not all(_bound_ok(an, b) for b in (rsl.start, rsl.stop)):
                 an.freeze(e, f"{an.where()}: channels are sliced with a step or run-time bounds")
                 out_e.append(("F", length))
             else:
@@ -128,16 +139,18 @@ def _getitem_channels(an, op):
                 mid = next(it)
                 post = next(it) if n - stop > 0 else ("F", 0)
                 base = ("args", 1, pos) if tuple_form else ("args", 1)
-                if isinstance(rsl.start, int):
-                    if rsl.start >= 0:
-                        an.const((*base, "start"), pre, "width")
+                if rsl.start is not None:  # a literal, or a run-time size (qkv_bias[n // 3:]): rewritten
+                    deps = _bound_deps(an, rsl.start)
+                    if v(sl.start) >= 0:
+                        an.const((*base, "start"), pre, "width", deps=deps)
                     else:
-                        an.const((*base, "start"), concat((mid, post)), "neg_width")
-                if isinstance(rsl.stop, int):
-                    if rsl.stop >= 0:
-                        an.const((*base, "stop"), concat((pre, mid)), "width")
+                        an.const((*base, "start"), concat((mid, post)), "neg_width", deps=deps)
+                if rsl.stop is not None:
+                    deps = _bound_deps(an, rsl.stop)
+                    if v(sl.stop) >= 0:
+                        an.const((*base, "stop"), concat((pre, mid)), "width", deps=deps)
                     else:
-                        an.const((*base, "stop"), post, "neg_width")
+                        an.const((*base, "stop"), post, "neg_width", deps=deps)
                 out_e.append(mid)
             out_s.append(length)
             d += 1
