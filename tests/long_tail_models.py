@@ -18,9 +18,10 @@ class WindowAttention(nn.Module):
     time (``C = x.shape[-1]``), the head dim is ``C // heads`` and the scale ``(C // heads) ** -0.5``;
     a fused qkv is reshaped to (B_, N, 3, heads, hd), permuted and unbound by ``qkv[0]``."""
 
-    def __init__(self, dim: int, heads: int, window: int, bias_table: bool = False):
+    def __init__(self, dim: int, heads: int, window: int, bias_table: bool = False, cosine: bool = False):
         super().__init__()
         self.heads, self.window = heads, window
+        self.logit_scale = nn.Parameter(torch.rand(heads, 1, 1) + 1.0) if cosine else None
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.table = None
@@ -35,10 +36,20 @@ class WindowAttention(nn.Module):
         B, H, W, C = x.shape
         w = self.window
         x = x.view(B, H // w, w, W // w, w, C).permute(0, 1, 3, 2, 4, 5).reshape(-1, w * w, C)
-        qkv = self.qkv(x).reshape(x.size(0), x.size(1), 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        qkv_bias = self.qkv.bias
+        if self.logit_scale is not None:  # Swin-V2: no key bias, cut at a size read at run time
+            qkv_bias = qkv_bias.clone()
+            length = qkv_bias.numel() // 3
+            qkv_bias[length:2 * length].zero_()
+        qkv = F.linear(x, self.qkv.weight, qkv_bias)
+        qkv = qkv.reshape(x.size(0), x.size(1), 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
-        q = q * (C // self.heads) ** -0.5
-        attn = q.matmul(k.transpose(-2, -1))
+        if self.logit_scale is not None:  # cosine attention with a learned scale per head
+            attn = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1)
+            attn = attn * torch.clamp(self.logit_scale, max=4.6).exp()
+        else:
+            q = q * (C // self.heads) ** -0.5
+            attn = q.matmul(k.transpose(-2, -1))
         if self.table is not None:
             n = w * w
             bias = self.table[self.index].view(n, n, -1).permute(2, 0, 1).contiguous().unsqueeze(0)
@@ -52,10 +63,10 @@ class WindowAttention(nn.Module):
 class WindowAttentionNet(nn.Module):
     """Patch embedding, a residual stream in channels-last layout, windowed attention, an MLP."""
 
-    def __init__(self, dim: int = 16, heads: int = 2, bias_table: bool = False):
+    def __init__(self, dim: int = 16, heads: int = 2, bias_table: bool = False, cosine: bool = False):
         super().__init__()
         self.embed = nn.Conv2d(3, dim, 2, stride=2)
-        self.attn = WindowAttention(dim, heads, 2, bias_table)
+        self.attn = WindowAttention(dim, heads, 2, bias_table, cosine)
         self.fc1 = nn.Linear(dim, 2 * dim)
         self.fc2 = nn.Linear(2 * dim, dim)
         self.head = nn.Linear(dim, 4)
@@ -72,6 +83,14 @@ class RelPosBiasNet(WindowAttentionNet):
 
     def __init__(self):
         super().__init__(bias_table=True)
+
+
+class CosineWindowNet(WindowAttentionNet):
+    """Swin-V2's attention: the key part of the qkv bias zeroed through a slice whose bounds are
+    read at run time (``qkv_bias[n // 3:2 * n // 3].zero_()``), cosine attention, a scale per head."""
+
+    def __init__(self):
+        super().__init__(bias_table=True, cosine=True)
 
 
 class PatchMergingNet(nn.Module):
@@ -213,6 +232,7 @@ class MetaFormerNet(nn.Module):
 MODELS = {
     "window_attention": (WindowAttentionNet, (1, 3, 8, 8)),
     "rel_pos_bias": (RelPosBiasNet, (1, 3, 8, 8)),
+    "cosine_window": (CosineWindowNet, (1, 3, 8, 8)),
     "patch_merging": (PatchMergingNet, (1, 3, 8, 8)),
     "ghost": (GhostNet, (1, 3, 8, 8)),
     "weight_standardised": (WSConvNet, (1, 3, 8, 8)),

@@ -47,6 +47,33 @@ def _magnitude(cgraph) -> Saliency:
 
 
 @pytest.mark.parametrize("name", ["window_attention", "rel_pos_bias"])
+def test_stream_grown_alone_keeps_scale_and_reshape(name):
+    """Growing the stream alone (16 -> 19) with the preserve initialiser leaves outputs unchanged:
+    the reshape's ``C // heads`` becomes 8 again, not 19 // 2, and the scale stays 8 ** -0.5."""
+    model, shape = build(name)
+    g = cg.trace(model, shape)
+    stream = _group_with(g, "embed.out")
+    sel = list(range(16)) + [0, 7, 15]
+    assert preserve_growth_diff(model, shape, {stream.id: sel}) <= REL * _scale(model, shape)
+
+
+def test_swin_v2_runtime_slice_and_heads():
+    """Swin-V2 attention: ``qkv_bias[n // 3:2 * n // 3].zero_()`` (bounds read at run time) no longer
+    freezes q/k/v; heads follow the per-head logit scale and bias table; cosine attention over
+    head_dim is exact to prune (a norm does not see zero channels) and reported inexact to grow."""
+    model, shape = build("cosine_window")
+    g = cg.trace(model, shape)
+    heads = _group_with(g, "attn.logit_scale[0]")
+    assert heads.prunable and "attn.table[1]" in [m.label() for m in heads.members]
+    hd = next(grp for grp in g.groups if grp.width == 8 and grp.resizable)
+    assert not hd.prune_notes and any("F.normalize" in n for n in hd.grow_notes)
+    stream = _group_with(g, "embed.out")
+    assert _masked_rel(model, shape, stream.id, [2, 3, 11]) <= REL
+    apply_selection(g, {stream.id: list(range(10)), hd.id: [0, 2, 4, 6]})
+    assert g.module(torch.randn(shape)).shape == (1, 4)
+
+
+@pytest.mark.parametrize("name", ["window_attention", "rel_pos_bias"])
 def test_stream_pruned_alone_keeps_scale_and_reshape(name):
     """Pruning the residual stream alone (16 -> 10, head_dim unchanged): ``C // heads`` in the
     reshape is rewritten although its own group did not change, and ``(C // heads) ** -0.5``
@@ -60,7 +87,7 @@ def test_stream_pruned_alone_keeps_scale_and_reshape(name):
     assert pinned and all(abs(c.extra - 8 ** -0.5) < 1e-12 for c in pinned)
 
 
-@pytest.mark.parametrize("name", ["window_attention", "rel_pos_bias", "patch_merging", "ghost"])
+@pytest.mark.parametrize("name", ["window_attention", "rel_pos_bias", "cosine_window", "patch_merging", "ghost"])
 def test_every_group_masked_equals_shrunk(name):
     model, shape = build(name)
     g = cg.trace(model, shape)
@@ -82,7 +109,10 @@ def test_qkv_unbind_heads_and_head_dim_resizable():
     behind the fused qkv) is skipped with its reason, never done inexactly."""
     model, shape = build("window_attention")
     g = cg.trace(model, shape)
-    qkv = [grp for grp in g.groups if "attn.qkv.out" in [m.label() for m in grp.members] and grp.resizable]
+    rows = g.an.slots[("attn.qkv.weight", 0)].expr
+    qkv = [g.group_of_space(leaf) for leaf in dict.fromkeys(g.an.t.leaves(rows))]
+    assert [grp.width for grp in qkv if not grp.resizable] == [3]  # the stacked q/k/v axis
+    qkv = [grp for grp in qkv if grp.resizable]
     assert sorted(grp.width for grp in qkv) == [2, 8]  # heads, head_dim
     hd = next(grp for grp in qkv if grp.width == 8)
     assert any("contracted" in n for n in hd.grow_notes)

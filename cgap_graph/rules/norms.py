@@ -191,7 +191,10 @@ def _f_normalize_channels(an, op):
     x = args[0]
     dim = v(args[2]) if len(args) > 2 else v(kwargs.get("dim", 1))
     d = dim % x.ndim
-    an.note(x.exprs[d], f"{an.where()} normalises across these channels (its norm changes)")
+    # a p-norm does not see channels that are zero, so removing masked ones keeps it (prune is
+    # exact when they are zero here); a duplicated channel counts twice (growth is not)
+    an.note(x.exprs[d], f"{an.where()} normalises across these channels (its norm changes)",
+            prune=not x.keeps_zero)
     return TInfo(x.exprs, x.keeps_zero, x.shape)
 
 
