@@ -93,6 +93,39 @@ class CosineWindowNet(WindowAttentionNet):
         super().__init__(bias_table=True, cosine=True)
 
 
+class HeadMaskNet(nn.Module):
+    """Attention with a fixed per-head mask added in place to the scores (``attn.add_(mask)``),
+    held as a buffer (it follows the heads) or as a plain tensor attribute (its size is fixed,
+    so the heads must freeze)."""
+
+    def __init__(self, dim: int = 12, heads: int = 3, tokens: int = 6, buffer: bool = True):
+        super().__init__()
+        self.heads = heads
+        self.embed = nn.Linear(4, dim)
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, 2)
+        mask = torch.randn(heads, tokens, tokens)
+        if buffer:
+            self.register_buffer("mask", mask)
+        else:
+            self.mask = mask
+
+    def forward(self, x):
+        x = self.embed(x)
+        B, N, C = x.shape
+        q, k, v = (f(x).view(B, N, self.heads, -1).transpose(1, 2) for f in (self.q, self.k, self.v))
+        attn = (q @ k.transpose(-2, -1)) * 0.5
+        attn.add_(self.mask)
+        y = (attn.softmax(-1) @ v).transpose(1, 2).reshape(B, N, C)
+        return self.head((x + self.proj(y)).mean(1))
+
+
+class FixedMaskNet(HeadMaskNet):
+    def __init__(self):
+        super().__init__(buffer=False)
+
+
 class PatchMergingNet(nn.Module):
     """Swin patch merging: four strided slices of (B, H, W, C) along H and W, concatenated on C."""
 
@@ -233,6 +266,8 @@ MODELS = {
     "window_attention": (WindowAttentionNet, (1, 3, 8, 8)),
     "rel_pos_bias": (RelPosBiasNet, (1, 3, 8, 8)),
     "cosine_window": (CosineWindowNet, (1, 3, 8, 8)),
+    "head_mask": (HeadMaskNet, (1, 6, 4)),
+    "fixed_mask": (FixedMaskNet, (1, 6, 4)),
     "patch_merging": (PatchMergingNet, (1, 3, 8, 8)),
     "ghost": (GhostNet, (1, 3, 8, 8)),
     "weight_standardised": (WSConvNet, (1, 3, 8, 8)),

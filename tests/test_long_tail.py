@@ -87,7 +87,8 @@ def test_stream_pruned_alone_keeps_scale_and_reshape(name):
     assert pinned and all(abs(c.extra - 8 ** -0.5) < 1e-12 for c in pinned)
 
 
-@pytest.mark.parametrize("name", ["window_attention", "rel_pos_bias", "cosine_window", "patch_merging", "ghost"])
+@pytest.mark.parametrize("name", ["window_attention", "rel_pos_bias", "cosine_window", "head_mask", "patch_merging",
+                                  "ghost"])
 def test_every_group_masked_equals_shrunk(name):
     model, shape = build(name)
     g = cg.trace(model, shape)
@@ -136,6 +137,39 @@ def test_relative_position_bias_heads_follow_table():
     apply_selection(g, {heads.id: [1]})
     assert tuple(g.module.attn.table.shape) == (9, 1)
     assert g.module(torch.randn(shape)).shape == (1, 4)
+
+
+def test_per_head_mask_tied_or_frozen():
+    """A per-head mask added in place to the scores: as a buffer, its head dim is the heads group
+    (pruned and grown with it, exactly); as a plain tensor of fixed size, the heads freeze."""
+    model, shape = build("head_mask")
+    g = cg.trace(model, shape)
+    heads = _group_with(g, "mask[0]")
+    assert heads.prunable and heads.width == 3
+    assert _masked_rel(model, shape, heads.id, [1]) <= REL
+    assert preserve_growth_diff(model, shape, {heads.id: [0, 1, 2, 2]}) <= REL * _scale(model, shape)
+    apply_selection(g, {heads.id: [0, 2]})
+    assert tuple(g.module.mask.shape) == (2, 6, 6) and g.module(torch.randn(shape)).shape == (1, 2)
+    fixed, shape = build("fixed_mask")
+    g = cg.trace(fixed, shape)
+    frozen = [grp for grp in g.groups if grp.width == 3]
+    assert frozen and all("fixed size" in (grp.frozen or "") for grp in frozen)
+
+
+def test_inplace_broadcast_that_would_grow_self_fails_like_torch():
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = torch.nn.Conv2d(3, 4, 1)
+            self.b = torch.nn.Parameter(torch.zeros(1, 1, 4, 4))
+
+        def forward(self, x):
+            z = self.b.clone()
+            z.add_(self.c(x))
+            return z
+
+    with pytest.raises(cg.errors.InputShapeError, match="doesn't match the broadcast shape"):
+        cg.trace(Net(), (1, 3, 4, 4))
 
 
 def test_ghost_growth_preserves_and_prunes():

@@ -320,6 +320,20 @@ register(*ADD_LIKE, shape=_bcast_shape, channels=_add_like)
 register(*MUL_LIKE, shape=_bcast_shape, channels=_mul_like)
 register(*DIV_LIKE, shape=_bcast_shape, channels=_div_like)
 register(torch.pow, operator.pow, "pow", "pow_", shape=_bcast_shape, channels=_pow_channels)
+
+
+def _inplace_shape(op):
+    """``a.add_(b)`` writes into ``a``: the broadcast result must keep ``a``'s shape, as torch
+    requires (a per-head mask broadcast into fewer heads fails here, at tracing or validation)."""
+    out = _bcast_shape(op)
+    own = shp(op.args[0])
+    if tuple(out.shape) != tuple(own):
+        raise RuntimeError(f"output with shape {list(own)} doesn't match the broadcast shape {list(out.shape)}")
+    return TSpec(own, op.args[0].dtype)
+
+
+register(*[m for m in (*ADD_LIKE, *MUL_LIKE, *DIV_LIKE, "pow_") if isinstance(m, str) and m.endswith("_")],
+         shape=_inplace_shape)
 register(*CMP_LIKE, shape=_cmp_shape, channels=_cmp_channels)
 for _f in (operator.or_, operator.xor, torch.logical_or, torch.logical_xor, "logical_or", "logical_xor"):
     register(_f, shape=_cmp_shape)
