@@ -3,7 +3,8 @@ resizable groups, and whether pruning half of every prunable group shrinks to a 
 that matches the masked one on the groups reported exact.
 
 A channel of a Linear whose output is a product (fused qkv: 3 x heads x head_dim) counts as
-resizable when one of its factors is (heads and head_dim are; the stacked 3 is not).
+resizable when every factor is, except a stacked axis that is unbound by integer index
+(``qkv[0]``: the 3 is frozen by design, it is not a width).
 
     python benchmarks/swin_coverage.py [--model swin_t] [--size 224] [--no-prune]
 """
@@ -24,6 +25,8 @@ from cgap_graph.surgery import apply_selection, mask_channels
 from cgap_graph.verify import randomize_norm_stats
 from cgap_graph.verify.inputs import output_tensor, random_inputs
 
+STACKED = "a single channel is selected by index"
+
 
 def resizable_fraction(g, model: nn.Module) -> tuple[int, int]:
     """(channels in resizable groups, all channels) over conv/linear output dimensions."""
@@ -39,7 +42,9 @@ def resizable_fraction(g, model: nn.Module) -> tuple[int, int]:
             continue
         n = t.width(s.expr)
         tot += n
-        if any(g.group_of_space(leaf).resizable for leaf in t.leaves(s.expr)):
+        groups = [g.group_of_space(leaf) for leaf in t.leaves(s.expr)]
+        widths = [grp for grp in groups if STACKED not in (grp.frozen or "")]
+        if widths and all(grp.resizable for grp in widths):
             res += n
     return res, tot
 
