@@ -244,6 +244,7 @@ def _prune(cg, scores, budget, mode: str, weight_rate: float, unit_rate: float, 
         notes = [f"zeroed {rep.weights_zeroed:,} of {rep.weights_total:,} weights"] if rep.weights_total else []
     for rep in reports:
         notes += rep.folded + [f"not folded: {n}" for n in rep.not_folded]
+        notes += [f"group {gid} not removed (its units stay, zeroed): {why}" for gid, why in rep.skipped.items()]
     return notes, reports
 
 

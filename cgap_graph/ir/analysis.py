@@ -40,6 +40,9 @@ class Slot:
     expr: Expr
     role: str  # "produce" | "consume" | "stat"
     split: set = field(default_factory=set)  # spaces this produce slot splits (bilinear side)
+    # (spaces, (stacked layout, index)): split only the positions of one slice of a stacked dim
+    # (``k = qkv[1]`` of a fused qkv: k's rows split, q's and v's copied)
+    split_where: list = field(default_factory=list)
 
 
 @dataclass
@@ -55,8 +58,11 @@ class ConstSlot:
     node: str  # node name
     path: tuple  # where in node.args/kwargs: ("args", 1), ("args", 1, 2), ("kwargs", "scale")
     expr: Any
-    mode: str = "width"  # "width" | "infer" (-1) | "sdpa_scale" | "chunk" | "slice_start" | "slice_stop"
+    mode: str = "width"  # "width" | "infer" (-1) | "sdpa_scale" | "pin" | "chunk" | "sections" | "neg_width"
     extra: Any = None
+    # layouts a run-time size argument was computed from (``C // heads``): when one of them changes,
+    # the constant is rewritten too, even if its own layout did not change
+    deps: tuple = ()
 
 
 class RuleError(TraceError):
@@ -152,55 +158,72 @@ class Analyzer:
     def attr(self, module: str, attr: str, expr: Any, scale: int = 1) -> None:
         self.attr_slots.append(AttrSlot(module, attr, expr, scale))
 
-    def const(self, path: tuple, expr: Any, mode: str = "width", extra: Any = None) -> None:
-        self.const_slots.append(ConstSlot(self.node.name, path, expr, mode, extra))
+    def const(self, path: tuple, expr: Any, mode: str = "width", extra: Any = None, deps: tuple = ()) -> None:
+        self.const_slots.append(ConstSlot(self.node.name, path, expr, mode, extra, tuple(deps)))
 
     def spaces_in(self, e: Expr) -> bool:
         return self.t.has_space(e)
 
-    def mark_split(self, node: Any, e: Expr, written: set[int] | None = None) -> bool:
+    def mark_split(self, node: Any, e: Expr, written: set[int] | None = None, where: tuple | None = None) -> bool:
         """Make the producer of ``node``'s values split (scale 1/n), instead of copy, the
         duplicated units of the spaces written in ``e``: the second operand of a bilinear
         contraction (q.k^T, x @ W). Walks back through pure data movement whose values feed only
-        this use; returns False if no linear producer is found (growth is then not exact)."""
+        this use, and through one slice of a stacked dim (``qkv[1]``: only that slice's
+        positions split); returns False if no linear producer is found (growth is then not exact)."""
         written = self.t.written_leaves(e) if written is None else written
         if not written:
             return True
         seen = 0
+        unbound = False  # just stepped back over qkv[i]: the stacked tensor has one user per slice
         while isinstance(node, fx.Node) and seen < 64:
             seen += 1
-            if _data_users(node) != 1 and node.op != "get_attr" and not registry.has_trait(node.op, node.target,
-                                                                                       "multi_output"):
+            if _data_users(node) != 1 and node.op != "get_attr" and not registry.has_trait(
+                    node.op, node.target, "multi_output") and not (unbound and _unbound_users(node)):
                 return False
+            unbound = False
             if node.op == "get_attr":
                 if self.traced.attr_kind.get(node.target) not in ("param", "buffer") or _data_users(node) != 1:
                     return False
-                hit = False
-                for (key, _d), slot in self.slots.items():
-                    if key == node.target and written & self.t.written_leaves(slot.expr):
-                        slot.split |= written
-                        hit = True
-                return hit
+                slots = [slot for (key, _d), slot in self.slots.items()
+                         if key == node.target and written & self.t.written_leaves(slot.expr)]
+                _mark(slots, written, where)
+                return bool(slots)
             if node.op == "call_module":
                 mod = self.modules.get(node.target)
                 if isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-                    for name in ("weight", "bias"):
-                        s = self.slots.get((f"{node.target}.{name}", 0))
-                        if s is not None:
-                            s.split |= written
+                    _mark([s for s in (self.slots.get((f"{node.target}.{n}", 0)) for n in ("weight", "bias"))
+                           if s is not None], written, where)
                     return True
                 return False
             if node.op == "call_function" and registry.has_trait(node.op, node.target, "linear"):
                 ok = True
                 for a in node.args[1:3]:
                     if isinstance(a, fx.Node):
-                        ok = self.mark_split(a, e, written) and ok
+                        ok = self.mark_split(a, e, written, where) and ok
                 return ok
-            if _is_data_movement(node):
+            stacked = self._stacked_slice(node) if where is None else None
+            if stacked is not None:
+                where, node, unbound = stacked, node.args[0], True
+                continue
+            if _is_data_movement(node) or self._scaled_by_size(node):
                 node = node.args[0]
                 continue
             return False
         return False
+
+    def _stacked_slice(self, node: fx.Node) -> tuple | None:
+        """``(stacked layout, i)`` for ``x[i]`` taking one slice of a channel-space dim 0."""
+        if not (node.op == "call_function" and node.target is operator.getitem and type(node.args[1]) is int):
+            return None
+        src = self.vals.get(node.args[0])
+        if not isinstance(src, TInfo) or not src.exprs or src.exprs[0][0] != "S":
+            return None
+        return src.exprs[0], node.args[1]
+
+    def _scaled_by_size(self, node: fx.Node) -> bool:
+        """``q * (C // heads) ** -0.5``: a scalar factor commutes with the split."""
+        return node.op == "call_function" and node.target in (operator.mul, operator.truediv) and \
+            len(node.args) == 2 and isinstance(self.vals.get(node.args[1]), SizeV)
 
     # ---- driver ------------------------------------------------------------------------------
     def run(self) -> None:
@@ -321,6 +344,20 @@ def describe_target(node: fx.Node) -> str:
             return f"torch.{name}"
         return f"{mod}.{name}" if mod else name
     return f"{node.op} {t}"
+
+
+def _mark(slots: list, written: set, where: tuple | None) -> None:
+    for slot in slots:
+        if where is None:
+            slot.split |= written
+        else:
+            slot.split_where.append((set(written), where))
+
+
+def _unbound_users(node: fx.Node) -> bool:
+    """Every reader takes one integer slice (``q, k, v = qkv[0], qkv[1], qkv[2]``)."""
+    return all(u.op == "call_function" and u.target is operator.getitem and type(u.args[1]) is int
+               for u in node.users if not (u.op == "call_method" and u.target == "size"))
 
 
 def _data_users(node: fx.Node) -> int:

@@ -80,6 +80,17 @@ register(torch.clamp, torch.clip, "clamp", "clamp_", "clip", "clip_", shape=same
          channels=_clamp_channels)
 register(F.hardtanh, F.hardtanh_, shape=same_shape, channels=_hardtanh_channels)
 
+
+def _fill_channels(an, op):
+    """``zero_``/``fill_`` (Swin-V2 zeroes the key part of its qkv bias): channels stay where they
+    are; zero stays zero when the value is zero."""
+    x = op.args[0]
+    value = 0 if op.node.target == "zero_" else (op.args[1] if len(op.args) > 1 else op.kwargs.get("value"))
+    return TInfo(x.exprs, not isinstance(value, TInfo) and v(value) == 0, x.shape)
+
+
+register("zero_", "fill_", shape=same_shape, channels=_fill_channels)
+
 _BOOL = {torch.isnan, torch.isinf, torch.isfinite, torch.logical_not, "isnan", "isinf", "logical_not"}
 for _f in _BOOL:
     register(_f, shape=lambda op: spec_like(op.args[0], torch.bool))
@@ -169,6 +180,21 @@ def _scalar_fold(node, args):
     return SizeV(tuple(exprs), node.meta.get("value"))
 
 
+def pin_sizes(an, op) -> None:
+    """A scalar computed from a channel width at run time (``(C // heads) ** -0.5``) that enters
+    tensor arithmetic keeps its traced value: after a resize it would be recomputed from the new
+    width and change the function. It becomes a graph constant pinned to today's value, written
+    when any width it was computed from changes."""
+    for i, a in enumerate(op.args):
+        if not isinstance(a, SizeV) or not any(an.spaces_in(e) for e in a.exprs):
+            continue
+        if isinstance(a.value, (int, float)) and not isinstance(a.value, bool):
+            an.const(("args", i), ("F", 1), "pin", extra=a.value, deps=a.exprs)
+        else:
+            for e in a.exprs:
+                an.freeze(e, f"{an.where()}: a scalar computed from this width has no traced value to keep")
+
+
 def bcast(an, node, operands, keeps_zero: bool) -> TInfo:
     """Broadcast channel rule (see module docstring)."""
     out_shape = node.meta["shape"]
@@ -200,8 +226,10 @@ def bcast(an, node, operands, keeps_zero: bool) -> TInfo:
 
 
 def _is_zero(a) -> bool:
+    """Is this operand zero where masking zeroes channels? A tensor without channels (a scalar
+    learned bias, a fixed table) is not masked, so it is not zero there."""
     if isinstance(a, TInfo):
-        return a.keeps_zero
+        return a.keeps_zero and any(e[0] != "F" for e in a.exprs)
     try:
         return v(a) == 0
     except Exception:
@@ -213,6 +241,7 @@ def _add_like(an, op):
     ops = list(args)
     if not any(isinstance(a, TInfo) for a in ops):
         return _scalar_fold(node, ops)
+    pin_sizes(an, op)
     return bcast(an, node, ops, all(_is_zero(a) for a in ops if a is not None))
 
 
@@ -221,6 +250,7 @@ def _mul_like(an, op):
     ops = list(args)
     if not any(isinstance(a, TInfo) for a in ops):
         return _scalar_fold(node, ops)
+    pin_sizes(an, op)
     return bcast(an, node, ops, any(_is_zero(a) for a in ops))
 
 
@@ -229,6 +259,7 @@ def _div_like(an, op):
     ops = list(args[:2])
     if not any(isinstance(a, TInfo) for a in ops):
         return _scalar_fold(node, ops)
+    pin_sizes(an, op)
     out = bcast(an, node, ops, _is_zero(ops[0]))
     den = ops[1]
     if isinstance(den, TInfo) and den.keeps_zero:
@@ -242,6 +273,7 @@ def _pow_channels(an, op):
     base, ex = args[0], args[1]
     if not any(isinstance(a, TInfo) for a in (base, ex)):
         return _scalar_fold(node, (base, ex))
+    pin_sizes(an, op)
     keeps_zero = isinstance(base, TInfo) and base.keeps_zero and not isinstance(ex, TInfo) and v(ex) > 0
     return bcast(an, node, [base, ex], keeps_zero)
 
@@ -250,6 +282,7 @@ def _cmp_channels(an, op):
     node, args = op.node, op.args
     if not any(isinstance(a, TInfo) for a in args):
         return _scalar_fold(node, args)
+    pin_sizes(an, op)
     return bcast(an, node, list(args), False)
 
 
@@ -287,6 +320,20 @@ register(*ADD_LIKE, shape=_bcast_shape, channels=_add_like)
 register(*MUL_LIKE, shape=_bcast_shape, channels=_mul_like)
 register(*DIV_LIKE, shape=_bcast_shape, channels=_div_like)
 register(torch.pow, operator.pow, "pow", "pow_", shape=_bcast_shape, channels=_pow_channels)
+
+
+def _inplace_shape(op):
+    """``a.add_(b)`` writes into ``a``: the broadcast result must keep ``a``'s shape, as torch
+    requires (a per-head mask broadcast into fewer heads fails here, at tracing or validation)."""
+    out = _bcast_shape(op)
+    own = shp(op.args[0])
+    if tuple(out.shape) != tuple(own):
+        raise RuntimeError(f"output with shape {list(own)} doesn't match the broadcast shape {list(out.shape)}")
+    return TSpec(own, op.args[0].dtype)
+
+
+register(*[m for m in (*ADD_LIKE, *MUL_LIKE, *DIV_LIKE, "pow_") if isinstance(m, str) and m.endswith("_")],
+         shape=_inplace_shape)
 register(*CMP_LIKE, shape=_cmp_shape, channels=_cmp_channels)
 for _f in (operator.or_, operator.xor, torch.logical_or, torch.logical_xor, "logical_or", "logical_xor"):
     register(_f, shape=_cmp_shape)

@@ -31,11 +31,44 @@ def _slice_bounds(sl, n):
     return slice(v(sl.start), v(sl.stop), v(sl.step)).indices(n)
 
 
+def _gather_index(idx, ndim):
+    """(position, index tensor) when ``idx`` is one integer tensor after full slices
+    (``table[index]``, ``table[:, index]``: a relative-position bias gathered from its table), else None."""
+    items = list(idx) if isinstance(idx, tuple) else [idx]
+    tensors = [k for k, i in enumerate(items) if is_tensor(i) or isinstance(i, TInfo)]
+    if len(tensors) != 1:
+        return None
+    p = tensors[0]
+    full = slice(None)
+    if p >= ndim or any(not (isinstance(i, slice) and i == full) for i in items[:p]) or \
+            any(not (isinstance(i, slice) and i == full) for i in items[p + 1:]):
+        return None
+    return p, items[p]
+
+
+def _bound_ok(an, b) -> bool:
+    """A slice bound the surgery can rewrite: a literal, or a size computed at run time."""
+    return b is None or isinstance(b, int) or isinstance(b, fx.Node) and isinstance(an.vals.get(b), SizeV)
+
+
+def _bound_deps(an, b) -> tuple:
+    val = an.vals.get(b) if isinstance(b, fx.Node) else None
+    return val.exprs if isinstance(val, SizeV) else ()
+
+
 def _getitem_shape(op):
     args = op.args
     x, idx = args[0], args[1]
     if not is_tensor(x):
         raise TypeError("not a tensor")  # tuple indexing is recorded by the tracer as plain Python
+    gather = _gather_index(idx, len(shp(x)))
+    if gather is not None:
+        p, index = gather
+        if index.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8) or \
+                index.dtype == torch.uint8:
+            raise TypeError("boolean or float index")  # meta fallback
+        s = shp(x)
+        return TSpec((*s[:p], *shp(index), *s[p + 1:]), x.dtype)
     s = shp(x)
     out, d = [], 0
     for _pos, i in _index_items(idx, len(s)):
@@ -61,6 +94,16 @@ def _getitem_channels(an, op):
     if isinstance(container, SizeV) or not isinstance(container, TInfo):
         return SizeV(getattr(container, "exprs", ()), None)
     x = container
+    gather = _gather_index(idx, x.ndim)
+    if gather is not None:  # values gathered by index along one dim: that dim freezes, the others pass
+        p, index = gather
+        if x.exprs[p][0] != "F":
+            an.freeze(x.exprs[p], f"{an.where()}: positions are gathered by an index tensor")
+        for e in index.exprs:
+            if e[0] != "F":
+                an.freeze(e, f"{an.where()}: the index tensor carries channels")
+        exprs = (*x.exprs[:p], *(("F", s) for s in index.shape), *x.exprs[p + 1:])
+        return TInfo(exprs, x.keeps_zero, node.meta["shape"])
     raw_idx = node.args[1]
     tuple_form = isinstance(raw_idx, tuple)
     raw_items = _index_items(raw_idx, x.ndim)
@@ -78,10 +121,14 @@ def _getitem_channels(an, op):
             start, stop, step = _slice_bounds(sl, n)
             length = len(range(start, stop, step))
             if (start, stop, step) == (0, n, 1):
+                if an.spaces_in(e) and isinstance(rsl.stop, int) and rsl.stop >= n:
+                    # ``out[:, :oup]`` that keeps every channel today: the bound follows the width
+                    an.const((*(("args", 1, pos) if tuple_form else ("args", 1)), "stop"), e, "width")
                 out_e.append(e)
             elif not an.spaces_in(e):
                 out_e.append(("F", length))
-            elif step != 1 or length == 0 or any(isinstance(b, fx.Node) for b in (rsl.start, rsl.stop, rsl.step)):
+            elif step != 1 or length == 0 or isinstance(rsl.step, fx.Node) or \
+                    not all(_bound_ok(an, b) for b in (rsl.start, rsl.stop)):
                 an.freeze(e, f"{an.where()}: channels are sliced with a step or run-time bounds")
                 out_e.append(("F", length))
             else:
@@ -92,16 +139,18 @@ def _getitem_channels(an, op):
                 mid = next(it)
                 post = next(it) if n - stop > 0 else ("F", 0)
                 base = ("args", 1, pos) if tuple_form else ("args", 1)
-                if isinstance(rsl.start, int):
-                    if rsl.start >= 0:
-                        an.const((*base, "start"), pre, "width")
+                if rsl.start is not None:  # a literal, or a run-time size (qkv_bias[n // 3:]): rewritten
+                    deps = _bound_deps(an, rsl.start)
+                    if v(sl.start) >= 0:
+                        an.const((*base, "start"), pre, "width", deps=deps)
                     else:
-                        an.const((*base, "start"), concat((mid, post)), "neg_width")
-                if isinstance(rsl.stop, int):
-                    if rsl.stop >= 0:
-                        an.const((*base, "stop"), concat((pre, mid)), "width")
+                        an.const((*base, "start"), concat((mid, post)), "neg_width", deps=deps)
+                if rsl.stop is not None:
+                    deps = _bound_deps(an, rsl.stop)
+                    if v(sl.stop) >= 0:
+                        an.const((*base, "stop"), concat((pre, mid)), "width", deps=deps)
                     else:
-                        an.const((*base, "stop"), post, "neg_width")
+                        an.const((*base, "stop"), post, "neg_width", deps=deps)
                 out_e.append(mid)
             out_s.append(length)
             d += 1

@@ -85,6 +85,15 @@ def _embedding_mod_shape(op):
 
 
 # ---- channel rules ------------------------------------------------------------------------------
+def note_nonzero_input(an, x: TInfo, c) -> None:
+    """Masked channels that reach a layer as a non-zero constant (``s * relu(x) ** 2 + b``, a
+    sigmoid) make the masked model differ from the shrunk one unless the constant is folded into
+    the layer's bias, which the prune pass does where that is exact: say so, never stay silent."""
+    if not x.keeps_zero and an.spaces_in(c):
+        an.note(c, f"{an.where()} reads these channels where masking leaves a non-zero constant (the prune pass "
+                   "folds it into the bias of a Linear or unpadded conv)", grow=False)
+
+
 def _freeze_spatial(an, x: TInfo, start: int) -> None:
     for d in range(start, x.ndim):
         if x.exprs[d][0] != "F":
@@ -97,6 +106,7 @@ def conv_channels(an, node, x: TInfo, key: str, wkey: str, bkey: str | None, gro
     cdim = x.ndim - nsp - 1
     xc = x.exprs[cdim]
     _freeze_spatial(an, x, cdim + 1)
+    note_nonzero_input(an, x, xc)
 
     def pspace(dim, role, like=None):
         if module:
@@ -150,6 +160,7 @@ def _linear_mod_channels(an, op):
     node, mod, args = op.node, op.module, op.args
     x = args[0]
     key = node.target
+    note_nonzero_input(an, x, x.exprs[-1])
     an.unify(x.exprs[-1], an.pspace(f"{key}.weight", 1, "consume", x.exprs[-1]))
     out_c = an.pspace(f"{key}.weight", 0, "produce")
     if mod._parameters.get("bias") is not None:
@@ -187,6 +198,7 @@ def _f_linear_channels(an, op):
     x = args[0]
     w = args[1] if len(args) > 1 else kwargs["weight"]
     b = args[2] if len(args) > 2 else kwargs.get("bias")
+    note_nonzero_input(an, x, x.exprs[-1])
     an.unify(x.exprs[-1], w.exprs[-1])
     wnode = node.args[1] if len(node.args) > 1 else node.kwargs["weight"]
     if an.spaces_in(w.exprs[-1]) and not an.mark_split(wnode, w.exprs[-1]):
@@ -216,6 +228,9 @@ def _f_conv_channels(an, op):
     x, w, b, stride, padding, dilation, groups = _f_conv_args(op)
     groups = int(v(groups))
     nsp = w.ndim - 2
+    for e in w.exprs[2:]:  # a computed weight (weight standardisation) keeps its kernel size
+        if e[0] != "F":
+            an.freeze(e, f"{an.where()}: a kernel dimension of the weight")
     out = conv_channels(an, node, x, node.name, "", None, groups, w.shape[1] * groups, w.shape[0], nsp,
                         False, module=False, wval=w)
     if isinstance(b, TInfo):

@@ -114,12 +114,20 @@ register(nn.LocalResponseNorm, shape=same_shape, channels=_lrn_channels)
 # ---- functional forms ---------------------------------------------------------------------------------
 def _f_per_channel_channels(an, op):
     """F.batch_norm and F.instance_norm: statistics and affine parameters follow the channel."""
-    vals = op.bind("input", "running_mean", "running_var", "weight", "bias")
+    vals = op.bind("input", "running_mean", "running_var", "weight", "bias", "use_input_stats" if
+                   op.node.target is F.instance_norm else "training")
     x = vals["input"]
     for name in ("running_mean", "running_var", "weight", "bias"):
         t = vals.get(name)
         if isinstance(t, TInfo):
             an.unify(x.exprs[1], t.exprs[0])
+    if op.node.target is F.instance_norm:
+        reduced = range(2, x.ndim) if v(vals.get("use_input_stats", True)) else ()
+    else:  # batch statistics (training, or no running statistics: weight standardisation) span dims 0, 2, ...
+        batch_stats = v(vals.get("training", False)) or not isinstance(vals.get("running_mean"), TInfo)
+        reduced = [d for d in range(x.ndim) if d != 1] if batch_stats else ()
+    for d in reduced:
+        _stats_note(an, x.exprs[d], f"{an.where()} (statistics over dimension {d})")
     return TInfo(x.exprs, isinstance(vals.get("weight"), TInfo) and isinstance(vals.get("bias"), TInfo), x.shape)
 
 
@@ -183,7 +191,10 @@ def _f_normalize_channels(an, op):
     x = args[0]
     dim = v(args[2]) if len(args) > 2 else v(kwargs.get("dim", 1))
     d = dim % x.ndim
-    an.note(x.exprs[d], f"{an.where()} normalises across these channels (its norm changes)")
+    # a p-norm does not see channels that are zero, so removing masked ones keeps it (prune is
+    # exact when they are zero here); a duplicated channel counts twice (growth is not)
+    an.note(x.exprs[d], f"{an.where()} normalises across these channels (its norm changes)",
+            prune=not x.keeps_zero)
     return TInfo(x.exprs, x.keeps_zero, x.shape)
 
 

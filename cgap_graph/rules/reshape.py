@@ -10,7 +10,7 @@ import torch.fx as fx
 from torch import nn
 
 from cgap_graph.ir.expr import product
-from cgap_graph.ir.values import TInfo
+from cgap_graph.ir.values import SizeV, TInfo
 from cgap_graph.rules.registry import TSpec, norm_dim, register
 from cgap_graph.rules.util import F1, shp, v
 
@@ -150,10 +150,12 @@ def size_arg_slots(an, node: fx.Node, exprs, paths, raw) -> None:
             if a != -1:
                 an.const(path, e, "width")
         elif isinstance(a, fx.Node):
+            src = an.vals.get(a)
+            deps = src.exprs if isinstance(src, SizeV) else ()  # C // heads follows C, not only head_dim
             if not _has_fixed_factor(an, e):
-                an.const(path, e, "width")
+                an.const(path, e, "width", deps=deps)
             elif not has_infer and mixed_dynamic == 0:
-                an.const(path, e, "infer")
+                an.const(path, e, "infer", deps=deps)
                 mixed_dynamic += 1
             else:
                 an.freeze(e, f"{an.where()}: a run-time size argument covers both channels and a "

@@ -15,14 +15,16 @@ between the copies, so outputs are unchanged; the CGaP pass adds the paper's Eq.
 Every edit is validated (``validate.py``: the resized module is traced again and every
 intermediate shape compared with the graph's); on any failure every change is rolled back and
 :class:`SurgeryError` names the problem. ``masking.py`` zeroes channels instead: the masked twin.
+``partial.py`` applies what validates, group by group, and reports the groups it left alone.
 """
 
 from cgap_graph.surgery.initializers import INITIALIZERS, make_initializer, preserve_init, register_initializer
 from cgap_graph.surgery.masking import mask_channels, unit_norms
+from cgap_graph.surgery.partial import apply_each, merge_reports
 from cgap_graph.surgery.select import apply_selection
 from cgap_graph.surgery.tensors import get_tensor, put_tensor
 from cgap_graph.surgery.types import Initializer, SlotChange, SurgeryContext, SurgeryReport
 
-__all__ = ["INITIALIZERS", "Initializer", "SlotChange", "SurgeryContext", "SurgeryReport", "apply_selection",
-           "get_tensor", "make_initializer", "mask_channels", "preserve_init", "put_tensor", "register_initializer",
-           "unit_norms"]
+__all__ = ["INITIALIZERS", "Initializer", "SlotChange", "SurgeryContext", "SurgeryReport", "apply_each",
+           "apply_selection", "get_tensor", "make_initializer", "mask_channels", "merge_reports", "preserve_init",
+           "put_tensor", "register_initializer", "unit_norms"]

@@ -53,7 +53,7 @@ def apply_const(c: ConstSlot, node: fx.Node, t, touched: set, undo: list) -> Non
     """Rewrite constant ``c`` in ``node`` if a touched group reaches it; record how to undo it."""
     exprs = layouts(c.expr)
     leaves = set()
-    for e in exprs:
+    for e in (*exprs, *c.deps):
         leaves |= set(t.leaves(e))
     if not touched & leaves:
         return
@@ -69,7 +69,7 @@ def apply_const(c: ConstSlot, node: fx.Node, t, touched: set, undo: list) -> Non
         set_arg(node, c.path, -t.width(c.expr))
     elif c.mode == "infer":
         set_arg(node, c.path, -1)
-    elif c.mode == "sdpa_scale":
+    elif c.mode in ("sdpa_scale", "pin"):  # a scalar keeps its traced value (a scale from C // heads)
         set_arg(node, c.path, c.extra)
     elif c.mode == "sections":
         set_arg(node, c.path, [t.width(e) for e in exprs])

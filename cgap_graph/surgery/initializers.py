@@ -44,12 +44,14 @@ def preserve_init(change: SlotChange, ctx: SurgeryContext) -> torch.Tensor:
     fresh = bool(change.index)  # a gathered copy: scaling it in place changes nothing else
     for slot in change.slots:
         if slot.role == "consume":
-            split = None
-        elif slot.role == "produce" and slot.split:
-            split = slot.split
+            f = t.scales(slot.expr, ctx.sel, ctx.counts, None)
+        elif slot.role == "produce" and (slot.split or slot.split_where):
+            f = t.scales(slot.expr, ctx.sel, ctx.counts, slot.split) if slot.split else 1.0
+            for leaves, (stacked, index) in slot.split_where:  # one slice of a stacked dim (k of qkv)
+                part = t.unit_ids(slot.expr, t.find(stacked[1]))[t.positions(slot.expr, ctx.sel)]
+                f = f * np.where(part == index, t.scales(slot.expr, ctx.sel, ctx.counts, leaves), 1.0)
         else:
             continue
-        f = t.scales(slot.expr, ctx.sel, ctx.counts, split)
         if np.all(f == 1.0):
             continue
         shape = [1] * out.dim()

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cgap_graph.errors import CgapError, SurgeryError
+from cgap_graph.errors import SurgeryError
 from cgap_graph.ir.analysis import Slot
 from cgap_graph.ir.gc_pause import gc_paused
 from cgap_graph.ir.graph import ChannelGraph, layouts
@@ -62,8 +62,9 @@ def apply_selection(cg: ChannelGraph, selections: Mapping[int, Sequence[int]],
         for u in reversed(undo):
             u()
         _sync(cg)  # derived state follows the restored widths
-        if isinstance(exc, CgapError):
+        if isinstance(exc, SurgeryError):
             raise
+        # a trace error of the resized model (a constant not rewritten) is a failed edit, too
         raise SurgeryError(f"the resized model does not validate: {str(exc).splitlines()[0]}") from exc
     return SurgeryReport(widths_before, {g.id: g.width for g in cg.groups}, params_before,
                          sum(p.numel() for p in gm.parameters()), sorted(new_tensors), index_maps, new_masks,

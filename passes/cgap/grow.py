@@ -38,7 +38,7 @@ from cgap_graph.surgery import (
     SlotChange,
     SurgeryContext,
     SurgeryReport,
-    apply_selection,
+    apply_each,
     make_initializer,
     register_initializer,
 )
@@ -179,5 +179,8 @@ def grow(cg: ChannelGraph, sal: Saliency, beta: float = 0.6, *, init: str = "pap
     picked, skipped = plan(cg, sal, beta, capacity, capacity_mode, exact_only, check_round_to(round_to))
     selections = {gid: list(range(cg.group(gid).width)) + units for gid, units in picked.items()}
     rng = torch.Generator().manual_seed(seed)
-    report = apply_selection(cg, selections, make_initializer(init, sigma=sigma, mu=mu), rng=rng)
+    report, failed = apply_each(cg, selections, make_initializer(init, sigma=sigma, mu=mu), rng=rng)
+    for gid, why in failed.items():  # a group that cannot be edited does not stop the others
+        picked.pop(gid, None)
+        skipped[gid] = why
     return GrowthReport(report, picked, skipped)

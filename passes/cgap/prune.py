@@ -30,7 +30,7 @@ from cgap_graph.ir.graph import ChannelGraph
 from cgap_graph.passes.cgap.grow import check_rates
 from cgap_graph.passes.cgap.saliency import Saliency, unit_weights, weight_slots
 from cgap_graph.passes.cgap.widths import check_round_to, rounded_keep
-from cgap_graph.surgery import SurgeryReport, apply_selection, get_tensor, mask_channels
+from cgap_graph.surgery import SurgeryReport, apply_each, apply_selection, get_tensor, mask_channels
 from cgap_graph.surgery.masking import dropped_positions
 from cgap_graph.verify import random_inputs
 
@@ -44,6 +44,8 @@ class PruneReport:
     folded: list[str] = field(default_factory=list)
     not_folded: list[str] = field(default_factory=list)
     inexact: list[str] = field(default_factory=list)  # groups whose removal changes cross-channel statistics
+    # groups whose removal did not validate: their units stay in the model, zeroed (the masked model)
+    skipped: dict[int, str] = field(default_factory=dict)
 
 
 def layer_rate(key: str, rate: float, layer_rates: dict[str, float] | None) -> float:
@@ -213,7 +215,9 @@ def prune_units(cg: ChannelGraph, sal: Saliency, rate: float, *, fold: bool = Tr
 def remove_units(cg: ChannelGraph, dead: dict[int, list[int]], *, fold: bool = True, shrink: bool = True
                  ) -> PruneReport:
     """Zero the units' filters, fold their constant outputs into readers, zero them across their
-    groups (the masked model), then remove them (the shrunk model)."""
+    groups (the masked model), then remove them (the shrunk model). A group whose removal does
+    not validate is skipped and named in ``report.skipped`` (its units stay, zeroed); it never
+    costs the other groups their pruning."""
     report = PruneReport(None, removed=dead)
     for gid in dead:
         notes = cg.group(gid).prune_notes
@@ -228,7 +232,9 @@ def remove_units(cg: ChannelGraph, dead: dict[int, list[int]], *, fold: bool = T
     mask_channels(cg, dead)
     if shrink:
         keep = {gid: _complement(cg.group(gid).width, units) for gid, units in dead.items()}
-        report.surgery = apply_selection(cg, keep)
+        report.surgery, report.skipped = apply_each(cg, keep)
+        for gid in report.skipped:  # still zeroed, so the model is the masked one there
+            report.removed.pop(gid, None)
     return report
 
 

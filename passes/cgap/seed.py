@@ -9,7 +9,7 @@ fresh parameters, for a seed trained from scratch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ from cgap_graph.errors import CgapError, check_number
 from cgap_graph.ir.gc_pause import gc_paused
 from cgap_graph.ir.graph import ChannelGraph, Group
 from cgap_graph.passes.cgap.widths import check_round_to, rounded_keep
-from cgap_graph.surgery import SurgeryReport, apply_selection, unit_norms
+from cgap_graph.surgery import SurgeryReport, apply_each, unit_norms
 
 
 def group_key(g: Group) -> str:
@@ -43,6 +43,7 @@ def capacity_by_id(cg: ChannelGraph, capacity: dict[str, int] | None) -> dict[in
 class SeedReport:
     surgery: SurgeryReport
     reference_widths: dict[str, int]
+    skipped: dict[int, str] = field(default_factory=dict)  # groups whose edit did not validate: kept whole
 
 
 @gc_paused
@@ -65,10 +66,10 @@ def seed(cg: ChannelGraph, width: float, *, select: str = "magnitude", reinit: b
         else:
             keep = sorted(int(u) for u in np.argsort(-unit_norms(cg, g.id), kind="stable")[:k])
         selections[g.id] = keep
-    report = apply_selection(cg, selections)
+    report, skipped = apply_each(cg, selections)
     if reinit:
         torch.manual_seed(generator_seed)
         for mod in cg.module.modules():
             if hasattr(mod, "reset_parameters") and mod is not cg.module:
                 mod.reset_parameters()
-    return SeedReport(report, reference)
+    return SeedReport(report, reference, skipped)
