@@ -162,7 +162,7 @@ class ModelRequest:
     @property
     def inputs(self) -> list[str]:
         """Files this request reads (outputs must never replace them)."""
-        return [self.model] if Path(self.model).exists() else []
+        return [self.model] if self.model and Path(self.model).exists() else []
 
     def load(self, shape_only: bool = False) -> LoadedModel:
         kwargs = parse_json_object(self.arch_kwargs, "--arch-kwargs")
