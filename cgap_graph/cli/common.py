@@ -179,7 +179,8 @@ class ModelRequest:
             return [tuple(loaded.input_shape)]
         if fallback is not None:
             return [fallback]
-        raise InputShapeError(f"{self.model} does not say its input shape; pass --input-shape, e.g. 1,3,32,32")
+        raise InputShapeError(f"{self.model or self.arch} does not say its input shape; pass --input-shape, "
+                              "e.g. 1,3,32,32")
 
     def dtypes(self, n: int) -> list[torch.dtype]:
         dtypes = [parse_dtype(d) for d in (self.input_dtype or ["float"])]

@@ -166,13 +166,13 @@ def _open(model, input_shape, dataset, out, config, data_dir, resume, reference_
             raise CgapError(f"--batch-size {config.batch_size} is the global batch: it must be at least the "
                             f"number of processes ({ctx.world_size})")
     loaders = _loaders(src, config, ctx)
-    check = lambda: check_run_dir(out, RUN_FILES, inputs, resume=resume, overwrite=overwrite)  # noqa: E731
-    check() if ctx is None else ctx.from_main(check)
     torch.manual_seed(config.seed)
     cgap = CGaP(model, input_shape, config, saliency_data=loaders[2], reference_widths=reference_widths,
                 loss_fn=task.loss)
     check_source(src, input_shape, cgap.cg.output_shapes(), task)
     task.fit(cgap.cg.output_shapes())
+    check = lambda: check_run_dir(out, RUN_FILES, inputs, resume=resume, overwrite=overwrite)  # noqa: E731
+    check() if ctx is None else ctx.from_main(check)  # the data fit the model: now the folder is made
     for line in src.notes:
         console.print(f"note: {dataset}: {line}", markup=False)
     cgap.dist = ctx

@@ -101,7 +101,7 @@ def open_source(spec: str, input_shape: tuple[int, ...] | None, *, data_dir: str
     """The source named ``spec`` (see module docstring), read once per process and kept."""
     kind = kind_of(spec)
     stamp = os.stat(spec).st_mtime_ns if kind in ("folder", "arrays") else 0
-    key = (spec, kind, stamp, tuple(input_shape or ()), val_split, seed, tuple(mean or ()), tuple(std or ()),
+    key = (str(Path(spec).resolve()) if stamp else spec, kind, stamp, tuple(input_shape or ()), val_split, seed, tuple(mean or ()), tuple(std or ()),
            str(data_dir))
     if key not in _cache:
         if kind == "builtin":
@@ -156,7 +156,11 @@ def _folder(spec, input_shape, val_split, seed, mean, std) -> Source:
 def _read(path: Path) -> dict[str, Any]:
     if path.suffix.lower() == ".npz":
         try:
-            with np.load(path, allow_pickle=False) as f:
+            f = np.load(path, allow_pickle=False)
+            if not isinstance(f, np.lib.npyio.NpzFile):
+                raise SourceError(f"{path} is not a readable .npz file (it is a single .npy array); save with "
+                                  "np.savez(path, x=inputs, y=targets)")
+            with f:
                 return {k: f[k] for k in f.files}
         except ValueError as exc:
             if "pickle" in str(exc):
@@ -189,7 +193,11 @@ def _tensor(a, path: Path, key: str) -> torch.Tensor:
 
 def _fit(x: torch.Tensor, input_shape, path: Path, key: str) -> torch.Tensor:
     """Samples laid out as the model's input: N x H x W gains a channel axis, channels-last is moved."""
-    if input_shape is None:
+    if input_shape is None:  # no model shape to fit: images as N x C x H x W (channels first)
+        if x.dim() == 3:
+            return x[:, None]
+        if x.dim() == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+            return x.permute(0, 3, 1, 2).contiguous()
         return x
     want = tuple(input_shape[1:])
     got = tuple(x.shape[1:])

@@ -163,12 +163,13 @@ def check_target(task: Task, output_shape: tuple, target_shape: tuple, classes: 
     out = tuple(output_shape[1:])
     tgt = tuple(target_shape)
     if task.kind == "classification":
-        if len(out) != 1 or tgt != ():
-            want = f"(batch, {classes})" if classes else "(batch, classes)"
-            raise TaskError(f"{source} has targets of shape {tgt} per sample; classification with cross-entropy "
-                            f"needs one label per sample and a model that must output {want} scores, but it outputs "
-                            f"{tuple(output_shape)}; use --loss pixel-cross-entropy (segmentation), mse (regression) "
-                            "or data that fit the model")
+        want = f"(batch, {classes})" if classes and tgt == () else "(batch, classes)"
+        if tgt != ():
+            raise TaskError(f"{source} has targets of shape {tgt} per sample, but classification with cross-entropy "
+                            "needs one label per sample; use --loss pixel-cross-entropy (label maps) or mse")
+        if len(out) != 1:
+            raise TaskError(f"{source} has one label per sample: classification, so the model must output {want} "
+                            f"scores, but it outputs {tuple(output_shape)}; use data and a --loss that fit the model")
         if classes is not None and (classes > out[0] or (exact and classes != out[0])):
             raise TaskError(f"{source} has {classes} classes but the model outputs {out[0]} scores per sample, so "
                             f"the model must output (batch, {classes}) scores: give its last layer {classes} outputs")
