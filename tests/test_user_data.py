@@ -44,9 +44,8 @@ def user(tmp_path, monkeypatch):
     image_folder(tmp_path / "imgs")
     x, y = arrays()
     np.savez(tmp_path / "arr.npz", x=x, y=y)
-    torch.save({"x_train": torch.from_numpy(x[:72]).permute(0, 3, 1, 2).contiguous(), "y_train": torch.from_numpy(y[:72]),
-                "x_test": torch.from_numpy(x[72:]).permute(0, 3, 1, 2).contiguous(), "y_test": torch.from_numpy(y[72:])},
-               tmp_path / "arr.pt")
+    xt, yt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), torch.from_numpy(y)
+    torch.save({"x_train": xt[:72], "y_train": yt[:72], "x_test": xt[72:], "y_test": yt[72:]}, tmp_path / "arr.pt")
     fn = write_module(tmp_path, "userdata", DATA_FUNCTION.format(path=str(tmp_path / "arr.npz")))
     return {"dir": tmp_path, "arch": f"{net}.py:Net", "folder": "imgs", "npz": "arr.npz", "pt": "arr.pt",
             "function": f"{fn}:build"}

@@ -101,8 +101,8 @@ def open_source(spec: str, input_shape: tuple[int, ...] | None, *, data_dir: str
     """The source named ``spec`` (see module docstring), read once per process and kept."""
     kind = kind_of(spec)
     stamp = os.stat(spec).st_mtime_ns if kind in ("folder", "arrays") else 0
-    key = (str(Path(spec).resolve()) if stamp else spec, kind, stamp, tuple(input_shape or ()), val_split, seed, tuple(mean or ()), tuple(std or ()),
-           str(data_dir))
+    key = (str(Path(spec).resolve()) if stamp else spec, kind, stamp, tuple(input_shape or ()), val_split, seed,
+           tuple(mean or ()), tuple(std or ()), str(data_dir))
     if key not in _cache:
         if kind == "builtin":
             ds = data.info(spec)
