@@ -42,7 +42,7 @@ import torch.nn.functional as F
 class UNet(nn.Module):
     """A small encoder-decoder with skip concatenations, per-pixel logits."""
 
-    def __init__(self, classes=3, width=8):
+    def __init__(self, classes=3, width=16):
         super().__init__()
         self.enc1 = nn.Conv2d(3, width, 3, padding=1)
         self.enc2 = nn.Conv2d(width, 2 * width, 3, padding=1)

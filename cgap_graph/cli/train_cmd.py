@@ -226,7 +226,9 @@ def _small_world(out: Path, hyper: dict, small_world: dict, model, dataset, conf
 
 
 def _print_run(res) -> None:
-    console.print(f"done: {res.epochs} epochs, test accuracy {100 * res.test_accuracy:.2f}%, "
+    metric = getattr(res, "metric", "accuracy")
+    shown = f"accuracy {100 * res.test_accuracy:.2f}%" if metric == "accuracy" else f"{metric} {res.test_accuracy:.4f}"
+    console.print(f"done: {res.epochs} epochs, test {shown}, "
                   f"{res.params:,} parameters, FLOPs {fmt_count(res.flops)}, widths "
                   f"{'-'.join(str(w) for w in res.widths.values())}; wrote {res.out_dir}/ (model.pt, metrics.jsonl, "
                   "params.png, widths.png, checkpoint.pt)", markup=False)

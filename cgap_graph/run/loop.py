@@ -60,6 +60,7 @@ class RunResult:
     train_flops: float
     seconds: float
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    metric: str = "accuracy"  # what test_accuracy measures (--metric)
 
 
 @dataclass
@@ -320,7 +321,7 @@ def _finish(run: _Run, last: int) -> RunResult:
     cg, metrics = run.cgap.cg, run.metrics
     final = RunResult(run.out, last, metrics[-1]["test_acc"] if metrics else float("nan"), cg.param_count(),
                       cg.flops(), {g.id: g.width for g in cg.groups}, run.train_flops,
-                      time.perf_counter() - run.t_run, metrics)
+                      time.perf_counter() - run.t_run, metrics, run.task.metric.name)
     if run.ctx is not None and run.main:  # each rank's final fingerprint (check_in_step proved them equal)
         atomic_write_text(run.out / DIST_REPORT, json.dumps({
             "world_size": run.ctx.world_size, "backend": run.ctx.backend, "epoch": last, "ranks": run.prints},
