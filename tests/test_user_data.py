@@ -5,6 +5,7 @@ a killed run resumes exactly, TensorBoard files hold the scalars, and bad input 
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -13,12 +14,15 @@ import pytest
 import torch
 from cli_harness import run_cli
 from PIL import Image
+from rich.console import Console
 from user_data import DATA_FUNCTION, USER_NET, arrays, image_folder, write_module
 
 import cgap_graph.run.loop as loop
 from cgap_graph.io.model_io import load_model
 from cgap_graph.ir.graph import trace
 from cgap_graph.passes.cgap.saliency import saliency
+from cgap_graph.run.config import TrainConfig
+from cgap_graph.run.loop import train_run
 from cgap_graph.run.sources import make_loader, open_source
 
 SHAPE = "1,3,16,16"
@@ -259,3 +263,28 @@ def test_an_unreadable_image_is_named_also_from_python(tmp_path):
     (root / "horizontal" / "zz.jpg").write_bytes(b"\xff\xd8 truncated")
     with pytest.raises(Exception, match="cannot read image .*zz.jpg"):
         open_source(str(root), (1, 3, 16, 16))
+
+
+def test_progress_bar_on_a_terminal_and_one_line_per_epoch_elsewhere(user):
+    r = run_cli("train", "--arch", user["arch"], "--input-shape", SHAPE, "--dataset", "arr.npz", "--epochs", 2,
+                "--f-pruning", 0, "--out", "plain")
+    assert r.code == 0, r.err
+    lines = [ln for ln in r.out.splitlines() if ln.startswith("epoch ")]
+    assert len(lines) == 2 and "ETA" not in r.out and all("train " in ln and "test " in ln for ln in lines)
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=160)
+    torch.manual_seed(0)
+    model = load_model("", arch=user["arch"]).model
+    cfg = TrainConfig(epochs=1, batch_size=16, lr=0.02, f_pruning=0, f_growth=0)
+    train_run(model, (1, 3, 16, 16), "arr.npz", user["dir"] / "tty", cfg, console=console, progress=True)
+    text = buf.getvalue()
+    assert "ETA" in text and "loss " in text and "accuracy " in text and "77/77" in text, text[-600:]
+
+
+def test_small_world_runs_on_user_data(user):
+    r = run_cli("train", "--method", "small-world", "--density", 0.3, "--arch", user["arch"], "--input-shape", SHAPE,
+                "--dataset", "imgs", "--epochs", 2, "--finetune-epochs", 1, "--batch-size", 16, "--lr", 0.02,
+                "--out", "sw")
+    assert r.code == 0, r.err
+    summary = json.loads((user["dir"] / "sw" / "summary.json").read_text())
+    assert summary["params_kept"] < summary["params_dense"]

@@ -219,7 +219,7 @@ def _small_world(out: Path, hyper: dict, small_world: dict, model, dataset, conf
                                 meta={"model": req.model, "dataset": dataset}, overwrite=overwrite,
                                 inputs=req.inputs + [p for p in (config,) if p is not None],
                                 **{k: v for k, v in sw.items() if v is not None})
-    console.print(f"[bold]done[/bold]: test accuracy {100 * res.test_accuracy:.2f}%, {res.params_kept:,} of "
+    console.print(f"done: test accuracy {100 * res.test_accuracy:.2f}%, {res.params_kept:,} of "
                   f"{res.params_dense:,} parameters kept ({100 * res.kept_fraction:.2f}%), widths "
                   f"{'-'.join(str(w) for w in res.widths.values())}; wrote {res.out_dir}/ (model.pt, masks.pt, "
                   "topology.json, summary.json, train/, finetune/)", markup=False)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from cgap_graph.errors import CgapError
 
@@ -25,6 +25,12 @@ _MODES = {1: "L", 3: "RGB"}
 
 class FolderError(CgapError):
     """An image folder that cannot be used (empty, unreadable image, inconsistent classes)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type when it has none)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _images(folder: Path) -> list[Path]:
@@ -92,8 +98,8 @@ def decode(path: Path, channels: int, size: tuple[int, int]) -> np.ndarray:
                 im = im.resize((nw, nh), Image.BILINEAR)
             left, top = (nw - w) // 2, (nh - h) // 2
             arr = np.asarray(im.crop((left, top, left + w, top + h)), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise FolderError(f"cannot read image {path} ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
+    except Exception as exc:  # UnidentifiedImageError, OSError, zlib.error, a decompression bomb ...
+        raise FolderError(f"cannot read image {path} ({type(exc).__name__}: {first_line(exc)[:120]}); "
                           "remove or replace the file") from None
     return arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
 
@@ -114,4 +120,4 @@ def load(by_class: dict[str, list[Path]], classes: list[str], sample_shape: tupl
     return torch.from_numpy(np.stack(xs)), torch.tensor(ys, dtype=torch.int64)
 
 
-__all__ = ["IMAGE_EXTENSIONS", "FolderError", "decode", "load", "scan", "split"]
+__all__ = ["IMAGE_EXTENSIONS", "FolderError", "decode", "first_line", "load", "scan", "split"]

@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from cgap_graph.run import data, image_folder
+from cgap_graph.run.image_folder import first_line as _line
 from cgap_graph.run.tasks import Task, check_target, import_callable
 
 _SPEC = re.compile(r"^[A-Za-z_][\w.]*(\.py)?:[A-Za-z_][\w.]*$")
@@ -162,17 +163,20 @@ def _read(path: Path) -> dict[str, Any]:
                                   "np.savez(path, x=inputs, y=targets)")
             with f:
                 return {k: f[k] for k in f.files}
+        except SourceError:
+            raise
         except ValueError as exc:
             if "pickle" in str(exc):
                 raise SourceError(f"{path} holds Python objects, not plain arrays; save numeric arrays") from None
-            raise SourceError(f"{path} is not a readable .npz file ({str(exc).splitlines()[0][:100]})") from None
-        except (OSError, EOFError) as exc:
-            raise SourceError(f"{path} is not a readable .npz file ({type(exc).__name__})") from None
+            raise SourceError(f"{path} is not a readable .npz file ({_line(exc)[:100]})") from None
+        except Exception as exc:  # a damaged zip, a truncated member, ... (BadZipFile, EOFError, zlib.error)
+            raise SourceError(f"{path} is not a readable .npz file ({type(exc).__name__}); write it again with "
+                              "np.savez(path, x=inputs, y=targets)") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise SourceError(f"{path} is not a tensor file readable weights-only ({type(exc).__name__}: "
-                          f"{str(exc).strip().splitlines()[0][:100] if str(exc).strip() else ''}); save a dict of "
+                          f"{_line(exc)[:100]}); save a dict of "
                           "tensors: torch.save({'x': x, 'y': y}, path)") from None
     if isinstance(obj, (tuple, list)) and len(obj) == 2:
         obj = {"x": obj[0], "y": obj[1]}
@@ -261,8 +265,7 @@ def _function(spec: str) -> Source:
     try:
         got = fn()
     except Exception as exc:
-        raise SourceError(f"{spec} raised {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                          ) from None
+        raise SourceError(f"{spec} raised {type(exc).__name__}: {_line(exc)}") from None
     if not (isinstance(got, (tuple, list)) and len(got) == 2):
         raise SourceError(f"{spec} returned {type(got).__name__}; return (train_dataset, test_dataset) or "
                           "(train_loader, test_loader)")
