@@ -288,3 +288,59 @@ def test_small_world_runs_on_user_data(user):
     assert r.code == 0, r.err
     summary = json.loads((user["dir"] / "sw" / "summary.json").read_text())
     assert summary["params_kept"] < summary["params_dense"]
+
+
+def test_task_settings_live_in_toml_and_resume_refuses_a_different_task(user):
+    (user["dir"] / "task.toml").write_text('[train]\nloss = "cross-entropy"\nmetric = "accuracy"\nval-split = 0.25\n'
+                                           'mean = "0.5,0.5,0.5"\nstd = "0.25,0.25,0.25"\n')
+    args = ["train", "--arch", user["arch"], "--input-shape", SHAPE, "--dataset", "arr.npz", "--epochs", 3,
+            "--f-pruning", 0, "--config", "task.toml", "--out", "run"]
+    real, calls = loop.train_epoch, []
+
+    def killed_in_epoch_2(*a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    loop.train_epoch = killed_in_epoch_2
+    try:
+        assert run_cli(*args).code == 130
+    finally:
+        loop.train_epoch = real
+    saved = json.loads(torch.load(user["dir"] / "run" / "checkpoint.pt", weights_only=True)["config"])
+    assert (saved["loss"], saved["metric"], saved["val_split"], saved["mean"]) == \
+        ("cross-entropy", "accuracy", 0.25, "0.5,0.5,0.5")
+    r = run_cli("train", "--out", "run", "--resume", "--metric", "r2")
+    one_line_error(r, "--metric accuracy (checkpoint) vs r2 (now)")
+    r = run_cli("train", "--out", "run", "--resume", "--val-split", 0.5)
+    one_line_error(r, "--val-split 0.25 (checkpoint) vs 0.5 (now)")
+    r = run_cli("train", "--out", "run", "--resume")
+    assert r.code == 0 and "resuming run at epoch 2 of 3" in r.out, r.err
+    assert len(open_source("arr.npz", (1, 3, 16, 16), val_split=0.25).test) == 24  # the held-out quarter
+    assert [m["samples"] for m in metrics(user["dir"] / "run")] == [72, 72, 72]
+
+
+def test_user_loss_and_metric_functions(user):
+    name = write_module(user["dir"], "usertask", '''
+import torch.nn.functional as F
+
+def smooth_ce(out, y):
+    return F.cross_entropy(out, y, label_smoothing=0.1)
+
+def top2(out, y):
+    return (out.topk(2, 1).indices == y[:, None]).any(1).float().mean().item()
+''')
+    r = run_cli("train", "--arch", user["arch"], "--input-shape", SHAPE, "--dataset", "arr.npz", "--epochs", 2,
+                "--f-pruning", 0, "--loss", f"{name}:smooth_ce", "--metric", f"{name}:top2", "--tau-accu", 0.9,
+                "--out", "run")
+    assert r.code == 0, r.err
+    rows = metrics(user["dir"] / "run")
+    assert rows[0]["metric"] == f"{name}:top2"
+    # the logged metric is the user's function over the held-out samples, computed here independently
+    model = load_model(str(user["dir"] / "run" / "model.pt")).model
+    x, y = next(iter(make_loader(open_source("arr.npz", (1, 3, 16, 16)), "test", 1000, shuffle=False)))
+    with torch.no_grad():
+        top2 = (model(x).topk(2, 1).indices == y[:, None]).any(1).double().mean().item()
+    assert abs(rows[-1]["test_metric"] - top2) < 1e-6
+    one_line_error(run_cli("train", "--arch", user["arch"], "--input-shape", SHAPE, "--dataset", "arr.npz",
+                           "--epochs", 1, "--loss", f"{name}:nope", "--out", "r2"), f"'{name}' has no 'nope'")
