@@ -15,6 +15,7 @@ import torch
 from cli_harness import run_cli
 from PIL import Image
 from rich.console import Console
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from user_data import DATA_FUNCTION, USER_NET, arrays, image_folder, write_module
 
 import cgap_graph.run.loop as loop
@@ -153,8 +154,6 @@ def test_taylor_saliency_is_not_magnitude(user):
 
 
 def test_tensorboard_files_hold_the_scalars(user):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
     r = run_cli("train", "--arch", user["arch"], "--input-shape", SHAPE, "--dataset", "arr.npz", *QUICK,
                 "--out", "run", "--tensorboard", "tb")
     assert r.code == 0, r.err
