@@ -104,18 +104,22 @@ def test_a_killed_run_resumes_at_its_checkpoint_and_ends_as_an_uninterrupted_one
             raise KeyboardInterrupt  # the kill: during epoch 4, after epoch 3's checkpoint
         return real(*a, **k)
     monkeypatch.setattr(loop, "train_epoch", killed_in_epoch_4)
-    r = run_cli(*args, "--out", "killed")
+    r = run_cli(*args, "--out", "killed", "--tensorboard", "tb")
     assert r.code == 130 and "--resume" in r.err
     assert [m["epoch"] for m in metrics(user["dir"] / "killed")] == [1, 2, 3]
     assert not (user["dir"] / "killed" / "model.pt").exists()
     monkeypatch.setattr(loop, "train_epoch", real)
-    r = run_cli("train", "--out", "killed", "--resume")
+    r = run_cli("train", "--out", "killed", "--resume", "--tensorboard", "tb")
     assert r.code == 0, r.err
     assert "resuming killed at epoch 4 of 6" in r.out
+    acc = EventAccumulator(str(user["dir"] / "tb"))
+    acc.Reload()  # the curves continue: every epoch once, the resumed ones from the second writer
+    assert [e.step for e in acc.Scalars("loss/train")] == list(range(1, 7))
     full, resumed = metrics(user["dir"] / "full"), metrics(user["dir"] / "killed")
     assert [m["epoch"] for m in resumed] == list(range(1, 7))
     for key in ("loss", "train_acc", "test_acc", "params", "widths"):
         assert [m[key] for m in resumed] == [m[key] for m in full], key
+    assert np.allclose([e.value for e in acc.Scalars("loss/train")], [m["loss"] for m in full], rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("source", ["folder", "npz", "pt", "function"])
