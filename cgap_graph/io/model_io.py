@@ -55,7 +55,8 @@ def import_object(spec: str, flag: str, error: type[Exception] = ModelLoadError)
     --loss, --metric)."""
     mod_name, sep, attr = spec.partition(":")
     if not sep or not mod_name or not attr:
-        raise error(f"{flag} '{spec}' must look like 'package.module:name' (or 'file.py:name')")
+        what = "factory" if flag == "--arch" else "function"
+        raise error(f"{flag} '{spec}' must look like 'package.module:{what}' (or 'file.py:{what}')")
     if mod_name.endswith(".py"):
         mod_name = mod_name[:-3].replace("\\", "/").strip("/").replace("/", ".")
     importable_from_cwd()

@@ -29,7 +29,7 @@ from cgap_graph.run import data, image_folder
 from cgap_graph.run.image_folder import first_line as _line
 from cgap_graph.run.tasks import Task, check_target, import_callable
 
-_SPEC = re.compile(r"^[A-Za-z_][\w.]*(\.py)?:[A-Za-z_][\w.]*$")
+_SPEC = re.compile(r"^[\w./]+:[A-Za-z_][\w.]*$")  # module:function, file.py:function, pkg/file.py:function
 
 
 class SourceError(data.DataError):
