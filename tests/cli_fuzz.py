@@ -18,7 +18,10 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import torch
 from cli_harness import HOSTILE, Result, hostile_file, run_cli, saved_lenet
+from PIL import Image
 
 from cgap_graph import zoo
 from cgap_graph.passes.export import export_onnx
@@ -57,6 +60,14 @@ class FuzzBench:
         self.data = self.inputs / "data" / "mnist"
         self.data.mkdir(parents=True, exist_ok=True)
         (self.data / "train-images-idx3-ubyte.gz").write_bytes(os.urandom(2048))
+        # the user's own data (issue 13): arrays in both formats and one image to mutate
+        x = np.random.default_rng(0).integers(0, 256, size=(6, 28, 28), dtype=np.uint8)
+        self.npz = self.inputs / "arrays.npz"
+        np.savez(self.npz, x=x, y=np.arange(6) % 10)
+        self.pt = self.inputs / "arrays.pt"
+        torch.save({"x": torch.from_numpy(x)[:, None], "y": torch.arange(6)}, self.pt)
+        self.png = self.inputs / "image.png"
+        Image.fromarray(x[0]).save(self.png)
         self.count = 0
 
     # ---- mutations ------------------------------------------------------------------------------------
@@ -98,7 +109,8 @@ class FuzzBench:
         self.case_dir = self.dir / f"case{self.count}"
         self.case_dir.mkdir()
         out = self.case_dir / "out.pt"
-        kind = rng.choice(["model_file", "hostile", "onnx_file", "toml_file", "dataset", "options", "shapes"])
+        kind = rng.choice(["model_file", "hostile", "onnx_file", "toml_file", "dataset", "user_data", "options",
+                           "shapes"])
         if kind == "model_file":
             cmd = rng.choice(["inspect", "grow", "prune", "export", "seed"])
             path = self._mutated(self.model, rng, ".pt")
@@ -124,9 +136,24 @@ class FuzzBench:
         if kind == "dataset":
             return Case(kind, ["grow", "lenet5", "--data", rng.choice(["mnist", "cifar10", "fashion-mnist", "x"]),
                                "--data-dir", self.inputs / "data", "-o", out], out)
+        if kind == "user_data":
+            return Case(kind, ["grow", "lenet5", "--data", self._user_data(rng), "-o", out], out)
         if kind == "options":
             return self._options_case(rng, out)
         return Case(kind, ["inspect", "lenet5", "--input-shape", self._shape(rng)])
+
+    def _user_data(self, rng: random.Random) -> Path:
+        """A damaged array file, or an image folder of damaged PNGs (some classes empty)."""
+        form = rng.choice(["npz", "pt", "folder"])
+        if form != "folder":
+            return self._mutated(self.npz if form == "npz" else self.pt, rng, f".{form}")
+        root = self.case_dir / "images"
+        root.mkdir()
+        for c in range(rng.randint(0, 3)):
+            (root / f"c{c}").mkdir()
+            for i in range(rng.randint(0, 3)):
+                self._mutated(self.png, rng, ".png").rename(root / f"c{c}" / f"{i}.png")
+        return root
 
     def _toml_values(self, rng: random.Random) -> Path:
         key = rng.choice(["epochs", "beta", "lr", "tau-accu", "gamma_w", "prune-target", "zero_survivors", "init",

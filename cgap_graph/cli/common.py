@@ -162,7 +162,7 @@ class ModelRequest:
     @property
     def inputs(self) -> list[str]:
         """Files this request reads (outputs must never replace them)."""
-        return [self.model] if Path(self.model).exists() else []
+        return [self.model] if self.model and Path(self.model).exists() else []
 
     def load(self, shape_only: bool = False) -> LoadedModel:
         kwargs = parse_json_object(self.arch_kwargs, "--arch-kwargs")
@@ -179,7 +179,8 @@ class ModelRequest:
             return [tuple(loaded.input_shape)]
         if fallback is not None:
             return [fallback]
-        raise InputShapeError(f"{self.model} does not say its input shape; pass --input-shape, e.g. 1,3,32,32")
+        raise InputShapeError(f"{self.model or self.arch} does not say its input shape; pass --input-shape, "
+                              "e.g. 1,3,32,32")
 
     def dtypes(self, n: int) -> list[torch.dtype]:
         dtypes = [parse_dtype(d) for d in (self.input_dtype or ["float"])]

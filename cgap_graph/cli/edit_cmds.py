@@ -38,10 +38,17 @@ from cgap_graph.passes.cgap.seed import capacity_by_id, group_key
 from cgap_graph.passes.cgap.seed import seed as seed_pass
 from cgap_graph.passes.cgap.widths import check_round_to
 from cgap_graph.passes.fpga.config import load_hw_config
-from cgap_graph.run.data import check_fits, check_output_fits, loader
+from cgap_graph.run.sources import check_source, make_loader, open_source
+from cgap_graph.run.tasks import make_task
 
-DATA = typer.Option(None, "--data", metavar="DATASET", help="Dataset for Taylor saliency: mnist, fashion-mnist, "
-                    "cifar10 or mnist-mini (read from --data-dir or $CGAP_DATA_DIR).")
+DATA = typer.Option(None, "--data", metavar="DATASET", help="Data for Taylor saliency: mnist, fashion-mnist, "
+                    "cifar10 or mnist-mini (read from --data-dir or $CGAP_DATA_DIR); an image folder "
+                    "(CLASS/IMAGE.png); an .npz or .pt file with x and y; or module:function returning (train, test) "
+                    "datasets or loaders.")
+LOSS = typer.Option("cross-entropy", "--loss", metavar="LOSS", help="Loss the Taylor saliency differentiates: "
+                    "cross-entropy, pixel-cross-entropy (segmentation), mse or module:function.")
+VAL_SPLIT = typer.Option(0.2, "--val-split", metavar="F", help="Data without a test split: the seeded fraction held "
+                         "out (the saliency uses the rest), as in train.")
 DATA_DIR = typer.Option(None, "--data-dir", metavar="DIR", help="Folder holding the datasets.")
 SELECT = typer.Option(None, "--select", metavar="HOW", help="taylor (default with --data), magnitude or random.")
 BATCHES = typer.Option(10, "--batches", metavar="N", help="Batches of data for the saliency.")
@@ -74,6 +81,8 @@ class SaliencyOptions:
     batch_size: int = 64
     seed: int = 0
     device: str = "cpu"
+    loss: str = "cross-entropy"
+    val_split: float = 0.2
 
     def scores(self, cg: ChannelGraph) -> tuple[Saliency, str]:
         select = self.select or ("taylor" if self.data else None)
@@ -83,19 +92,24 @@ class SaliencyOptions:
         if select != "taylor":
             return saliency(cg, mode=select, generator=torch.Generator().manual_seed(self.seed)), select
         if not self.data:
-            raise CgapError("--select taylor needs --data DATASET (mnist, fashion-mnist, cifar10, mnist-mini)")
+            raise CgapError("--select taylor needs --data DATASET (a built-in name, an image folder, an .npz/.pt "
+                            "file or module:function)")
         check_number("batches", self.batches, 1, meaning="batches of data for the saliency")
         check_number("batch_size", self.batch_size, 1, 65536, meaning="images per saliency batch")
-        check_fits(self.data, cg.input_specs[0].shape)
-        check_output_fits(self.data, cg.output_shapes())
-        batches = loader(self.data, "train", self.batch_size, data_dir=self.data_dir, seed=self.seed)
-        return saliency(cg, batches, batches=self.batches), select
+        check_number("val_split", self.val_split, 0.0, 1.0, lo_open=True, hi_open=True)
+        task = make_task(self.loss)
+        shape = tuple(cg.input_specs[0].shape)
+        src = open_source(self.data, shape, data_dir=self.data_dir, val_split=self.val_split, seed=self.seed)
+        check_source(src, shape, cg.output_shapes(), task)
+        batches = make_loader(src, "train", self.batch_size, seed=self.seed)
+        return saliency(cg, batches, batches=self.batches, loss_fn=task.loss), select
 
 
 SALIENCY_OPTIONS = ([keyword("data", DATA, str | None), keyword("data_dir", DATA_DIR, str | None),
                      keyword("select", SELECT, str | None), keyword("batches", BATCHES, int),
                      keyword("batch_size", BATCH_SIZE, int), keyword("seed", SEED, int),
-                     keyword("device", DEVICE, str)],
+                     keyword("device", DEVICE, str), keyword("loss", LOSS, str),
+                     keyword("val_split", VAL_SPLIT, float)],
                     SaliencyOptions)
 
 

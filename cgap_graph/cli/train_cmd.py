@@ -21,9 +21,10 @@ from cgap_graph.ir.graph import trace
 from cgap_graph.passes.cgap.seed import seed as seed_pass
 from cgap_graph.run.checkpoint import CHECKPOINT, load_checkpoint, saved_meta
 from cgap_graph.run.config import TrainConfig, load_config, read_config
-from cgap_graph.run.data import info
+from cgap_graph.run.data import info as data_info
 from cgap_graph.run.loop import train_run
 from cgap_graph.run.small_world import train_small_world
+from cgap_graph.run.sources import kind_of, open_source
 
 HYPER_HELP = {
     "epochs": "Training epochs (paper: 60 for MNIST, 200 for CIFAR-10).",
@@ -62,11 +63,23 @@ HYPER_HELP = {
     "eval_batch_size": "Batch size for evaluation.",
     "train_limit": "Use only the first N training images (quick runs).",
     "test_limit": "Use only the first N test images.",
+    "loss": "cross-entropy (classification), pixel-cross-entropy (segmentation: logits N,C,H,W vs labels N,H,W), "
+            "mse (regression) or module:function(output, target) -> scalar tensor.",
+    "metric": "What the logs report and tau_accu gates (higher is better): accuracy, miou, neg-mse, r2 or "
+              "module:function(output, target) -> float. Default: accuracy, miou for pixel-cross-entropy, neg-mse "
+              "for mse.",
+    "val_split": "Data without a test split (an image folder without train/ and val/, arrays with only x and y): "
+                 "this seeded fraction is held out for testing (0.2).",
+    "mean": "Per-channel mean for normalising images, e.g. 0.5,0.5,0.5 (default: computed on the training split).",
+    "std": "Per-channel standard deviation for normalising images (default: computed on the training split).",
 }
 _SW = "Small-World pruning (--method small-world)"
 _SW_KEYS = ("density", "rewire_p", "topology", "connection_prune_rate", "finetune_epochs", "finetune_lr")
 _BASE_KEYS = ("model", "dataset", "out", "config", "resume", "overwrite", "data_dir", "width", "seed_width",
-              "input_shape", "arch", "arch_kwargs", "trust")
+              "input_shape", "arch", "arch_kwargs", "trust", "tensorboard")
+DATASET_HELP = ("mnist, fashion-mnist, cifar10 or mnist-mini (built in); an image folder (CLASS/IMAGE.png, "
+                "optionally train/ and val/ inside); an .npz or .pt file with x and y arrays; or module:function "
+                "returning (train, test) datasets or loaders, imported from the current directory.")
 
 
 def train(**kw):
@@ -82,12 +95,14 @@ def train(**kw):
         cgap-graph train --model lenet5 --seed-width 0.25 --dataset mnist --epochs 60
         cgap-graph train --model seed.pt --dataset cifar10 --config cgap.toml
         cgap-graph train --out runs/lenet5-mnist --resume
+        cgap-graph train --arch mymodel.py:Net --input-shape 1,3,32,32 --dataset images/ --seed-width 0.5
     """
     base = {k: kw.pop(k) for k in _BASE_KEYS}
     method = kw.pop("method")
     small_world = {k: kw.pop(k) for k in _SW_KEYS}
     layer_rates = kw.pop("gamma_w_layer") or []
-    out = base.pop("out") or Path("runs") / f"{Path(base['model'] or 'lenet5').stem}-{base['dataset'] or 'run'}"
+    stem = Path(base["model"] or (base["arch"] or "lenet5").partition(":")[0]).stem
+    out = base.pop("out") or Path("runs") / f"{stem}-{Path(base['dataset'] or 'run').stem}"
     hint = f"the last finished epoch is in {out}/checkpoint.pt; continue with: cgap-graph train --out {out} --resume"
 
     def body():
@@ -117,7 +132,15 @@ def _layer_rates(items: list[str]) -> dict[str, float]:
 
 
 def _request(model, input_shape, arch, arch_kwargs, trust, width) -> ModelRequest:
-    return ModelRequest(model or "lenet5", input_shape, None, arch, arch_kwargs, trust, width)
+    """MODEL; with --arch and no --model, the user's architecture built fresh."""
+    return ModelRequest(model or ("" if arch else "lenet5"), input_shape, None, arch, arch_kwargs, trust, width)
+
+
+def _shape_of_data(dataset: str, data_dir) -> tuple[int, ...] | None:
+    """The input shape the data implies (a built-in's, an array file's samples), if any."""
+    if kind_of(dataset) == "folder":
+        return None
+    return (1, *open_source(dataset, None, data_dir=data_dir).sample_shape)
 
 
 def _explicit(config: Path | None, hyper: dict[str, Any]) -> dict[str, Any]:
@@ -128,7 +151,7 @@ def _explicit(config: Path | None, hyper: dict[str, Any]) -> dict[str, Any]:
 
 
 def _cgap(out: Path, hyper: dict, model, dataset, config, resume, overwrite, data_dir, width, seed_width,
-          input_shape, arch, arch_kwargs, trust):
+          input_shape, arch, arch_kwargs, trust, tensorboard):
     inputs = [p for p in (model, config) if p is not None and Path(p).exists()]
     if resume:
         shape, saved_dataset = _resumed(out)
@@ -136,24 +159,26 @@ def _cgap(out: Path, hyper: dict, model, dataset, config, resume, overwrite, dat
             raise CgapError(f"--resume: the checkpoint in {out} does not name its dataset; give --dataset")
         res = train_run(None, shape, dataset or saved_dataset, out, None, data_dir=data_dir,
                         resume=True, console=console, overrides=_explicit(config, hyper),
-                        meta={"model": model} if model else None, inputs=inputs)
+                        meta={"model": model} if model else None, inputs=inputs, tensorboard=tensorboard)
         return _print_run(res)
     if dataset is None:
-        raise CgapError("give --dataset (mnist, fashion-mnist, cifar10 or mnist-mini)")
+        raise CgapError("give --dataset (mnist, fashion-mnist, cifar10, mnist-mini, an image folder, an .npz/.pt "
+                        "file or module:function)")
     cfg = load_config(config, hyper)
     check_number("seed_width", seed_width, 0.0, 1.0, lo_open=True, meaning="a fraction of the reference widths")
     req = _request(model, input_shape, arch, arch_kwargs, trust, width)
     loaded = req.load()
-    shape = req.shapes(loaded, (1, *info(dataset).shape))[0]
+    shape = req.shapes(loaded, _shape_of_data(dataset, data_dir))[0]
     torch.manual_seed(cfg.seed)
     cg = trace(loaded.model, shape)
     reference = loaded.meta.get("capacity")
     if seed_width < 1:
-        rep = seed_pass(cg, seed_width, select="first", reinit=loaded.source == "zoo", generator_seed=cfg.seed)
+        rep = seed_pass(cg, seed_width, select="first", reinit=loaded.source in ("zoo", "arch"),
+                        generator_seed=cfg.seed)
         reference = rep.reference_widths
     res = train_run(cg.module, shape, dataset, out, cfg, data_dir=data_dir, reference_widths=reference,
-                    console=console, meta={"model": req.model, "dataset": dataset}, overwrite=overwrite,
-                    inputs=req.inputs + inputs)
+                    console=console, meta={"model": req.model or arch, "dataset": dataset}, overwrite=overwrite,
+                    inputs=req.inputs + inputs, tensorboard=tensorboard)
     _print_run(res)
 
 
@@ -161,22 +186,25 @@ def _resumed(out: Path) -> tuple[tuple[int, ...], str | None]:
     """Input shape and dataset of the checkpointed run (older checkpoints may name neither)."""
     meta = saved_meta(load_checkpoint(out / CHECKPOINT, out))
     dataset = meta.get("dataset")
-    shape = meta.get("input_shape") or (1, *info(dataset or "mnist").shape)
+    shape = meta.get("input_shape") or (1, *data_info(dataset or "mnist").shape)
     return tuple(shape), dataset
 
 
 def _small_world(out: Path, hyper: dict, small_world: dict, model, dataset, config, resume, overwrite, data_dir,
-                 width, seed_width, input_shape, arch, arch_kwargs, trust):
+                 width, seed_width, input_shape, arch, arch_kwargs, trust, tensorboard):
     """Small-World pruning: masks before training, training with the masks fixed, optimise, fine-tune."""
     if dataset is None:
-        raise CgapError("give --dataset (mnist, fashion-mnist, cifar10 or mnist-mini)")
+        raise CgapError("give --dataset (mnist, fashion-mnist, cifar10, mnist-mini, an image folder, an .npz/.pt "
+                        "file or module:function)")
+    if tensorboard is not None:
+        raise CgapError("--tensorboard is for --method cgap for now; Small-World runs write metrics.jsonl")
     cfg = load_config(config, hyper)
     sw = {"p": small_world["rewire_p"], "topology": small_world["topology"],
           "prune_rate": small_world["connection_prune_rate"], "finetune_epochs": small_world["finetune_epochs"],
           "finetune_lr": small_world["finetune_lr"]}
     if resume:
-        res = train_small_world(None, (1, *info(dataset).shape), dataset, out, cfg, resume=True, data_dir=data_dir,
-                                console=console)
+        res = train_small_world(None, _shape_of_data(dataset, data_dir) or (1, 3, 32, 32), dataset, out, cfg,
+                                resume=True, data_dir=data_dir, console=console)
     else:
         if seed_width != 1:
             raise CgapError("--seed-width is for CGaP; Small-World pruning starts from the full model")
@@ -184,21 +212,23 @@ def _small_world(out: Path, hyper: dict, small_world: dict, model, dataset, conf
             raise CgapError("--method small-world needs --density, the fraction of weights to keep, e.g. 0.03")
         req = _request(model, input_shape, arch, arch_kwargs, trust, width)
         loaded = req.load()
-        shape = req.shapes(loaded, (1, *info(dataset).shape))[0]
+        shape = req.shapes(loaded, _shape_of_data(dataset, data_dir))[0]
         torch.manual_seed(cfg.seed)
         res = train_small_world(loaded.model, shape, dataset, out, cfg, density=small_world["density"],
-                                rescale_init=loaded.source == "zoo", data_dir=data_dir, console=console,
+                                rescale_init=loaded.source in ("zoo", "arch"), data_dir=data_dir, console=console,
                                 meta={"model": req.model, "dataset": dataset}, overwrite=overwrite,
                                 inputs=req.inputs + [p for p in (config,) if p is not None],
                                 **{k: v for k, v in sw.items() if v is not None})
-    console.print(f"[bold]done[/bold]: test accuracy {100 * res.test_accuracy:.2f}%, {res.params_kept:,} of "
+    console.print(f"done: test accuracy {100 * res.test_accuracy:.2f}%, {res.params_kept:,} of "
                   f"{res.params_dense:,} parameters kept ({100 * res.kept_fraction:.2f}%), widths "
                   f"{'-'.join(str(w) for w in res.widths.values())}; wrote {res.out_dir}/ (model.pt, masks.pt, "
                   "topology.json, summary.json, train/, finetune/)", markup=False)
 
 
 def _print_run(res) -> None:
-    console.print(f"done: {res.epochs} epochs, test accuracy {100 * res.test_accuracy:.2f}%, "
+    metric = getattr(res, "metric", "accuracy")
+    shown = f"accuracy {100 * res.test_accuracy:.2f}%" if metric == "accuracy" else f"{metric} {res.test_accuracy:.4f}"
+    console.print(f"done: {res.epochs} epochs, test {shown}, "
                   f"{res.params:,} parameters, FLOPs {fmt_count(res.flops)}, widths "
                   f"{'-'.join(str(w) for w in res.widths.values())}; wrote {res.out_dir}/ (model.pt, metrics.jsonl, "
                   "params.png, widths.png, checkpoint.pt)", markup=False)
@@ -214,12 +244,14 @@ def _opt(name: str, annotation: Any, default: Any, *decls: str, help: str = "", 
 def _base_params() -> list[inspect.Parameter]:
     return [
         _opt("model", str | None, None, "--model", metavar="MODEL", help="Zoo name or model file (default lenet5)."),
-        _opt("dataset", str | None, None, "--dataset", metavar="DATASET", help="mnist, fashion-mnist, cifar10 or "
-             "mnist-mini (built in); a resumed run knows its own."),
+        _opt("dataset", str | None, None, "--dataset", metavar="DATASET", help=DATASET_HELP + " A resumed run "
+             "knows its own."),
         _opt("out", Path | None, None, "--out", metavar="DIR", help="Run folder (default runs/MODEL-DATASET)."),
         _opt("config", Path | None, None, "--config", metavar="FILE", help="TOML file of hyper-parameters ([train] "
              "table or top level); options given here win."),
         _opt("resume", bool, False, "--resume", help="Continue the run in --out from its last checkpoint."),
+        _opt("tensorboard", Path | None, None, "--tensorboard", metavar="DIR", help="Also write TensorBoard event "
+             "files to DIR: loss, metric, parameters, FLOPs, widths per group and the growth/pruning events."),
         _opt("overwrite", bool, False, "--overwrite", help="Start a new run in an --out that holds one (its files "
              "are replaced)."),
         _opt("data_dir", str | None, None, "--data-dir", metavar="DIR", help="Folder holding the datasets "

@@ -49,23 +49,44 @@ def importable_from_cwd() -> None:
         sys.path.insert(0, os.getcwd())
 
 
-def _import_factory(spec: str):
-    if ":" not in spec:
-        raise ModelLoadError(f"--arch '{spec}' must look like 'package.module:factory'")
-    mod_name, _, attr = spec.partition(":")
+def import_object(spec: str, flag: str, error: type[Exception] = ModelLoadError) -> Any:
+    """``module:attr`` (or ``file.py:attr``, ``pkg/file.py:attr``) imported from the current
+    directory: the one rule for every piece of user code a command names (--arch, --dataset,
+    --loss, --metric)."""
+    mod_name, sep, attr = spec.partition(":")
+    if not sep or not mod_name or not attr:
+        what = "factory" if flag == "--arch" else "function"
+        raise error(f"{flag} '{spec}' must look like 'package.module:{what}' (or 'file.py:{what}')")
+    if mod_name.endswith(".py"):
+        mod_name = mod_name[:-3].replace("\\", "/").strip("/").replace("/", ".")
     importable_from_cwd()
     try:
         mod = importlib.import_module(mod_name)
     except Exception as exc:
-        raise ModelLoadError(f"cannot import '{mod_name}' for --arch: {type(exc).__name__}: {exc}") from None
+        raise error(f"cannot import '{mod_name}' for {flag}: {type(exc).__name__}: {exc}") from None
     obj = mod
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise ModelLoadError(f"'{mod_name}' has no '{attr}' (from --arch {spec})")
+            raise error(f"'{mod_name}' has no '{attr}' (from {flag} {spec})")
         obj = getattr(obj, part)
     if not callable(obj):
-        raise ModelLoadError(f"--arch {spec} is not callable")
+        raise error(f"{flag} {spec} is not callable")
     return obj
+
+
+def _import_factory(spec: str):
+    return import_object(spec, "--arch")
+
+
+def _build_arch(arch: str, kwargs: dict[str, Any] | None) -> nn.Module:
+    factory = _import_factory(arch)
+    try:
+        net = factory(**(kwargs or {}))
+    except Exception as exc:
+        raise ModelLoadError(f"--arch {arch} failed to build the model: {type(exc).__name__}: {exc}") from None
+    if not isinstance(net, nn.Module):
+        raise ModelLoadError(f"--arch {arch} returned {type(net).__name__}, not a torch.nn.Module")
+    return net
 
 
 def _unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
@@ -109,7 +130,11 @@ class _NeedsTrust(Exception):
 def load_model(model: str, *, arch: str | None = None, arch_kwargs: dict[str, Any] | None = None,
                trust: bool = False, width: float = 1.0, shape_only: bool = False) -> LoadedModel:
     """Load ``model`` (a zoo name or a file; see module docstring). ``shape_only``: a zoo model is
-    built on the meta device (no memory for weights), enough for tracing and counting."""
+    built on the meta device (no memory for weights), enough for tracing and counting. With no
+    ``model`` (an empty name) and an ``arch``, the architecture is built fresh (its own initial
+    weights): the user's model file, trained from scratch."""
+    if not model and arch is not None:
+        return LoadedModel(_build_arch(arch, arch_kwargs).eval(), "arch", None, {"arch": arch})
     path = Path(model)
     name = model[4:] if model.startswith("zoo:") else model
     if not path.exists():
@@ -126,13 +151,7 @@ def load_model(model: str, *, arch: str | None = None, arch_kwargs: dict[str, An
         if state is None:
             raise ModelLoadError(f"{model} holds no state dict (a dict of tensors); save one with "
                                  "torch.save(model.state_dict(), path)")
-        factory = _import_factory(arch)
-        try:
-            net = factory(**(arch_kwargs or {}))
-        except Exception as exc:
-            raise ModelLoadError(f"--arch {arch} failed to build the model: {type(exc).__name__}: {exc}") from None
-        if not isinstance(net, nn.Module):
-            raise ModelLoadError(f"--arch {arch} returned {type(net).__name__}, not a torch.nn.Module")
+        net = _build_arch(arch, arch_kwargs)
         missing, unexpected = _load_state(net, state)
         if missing or unexpected:
             detail = (f"missing {len(missing)} (e.g. {missing[0]})" if missing else "") + \
@@ -228,4 +247,4 @@ def save_model(module: nn.Module, path: str | os.PathLike, *, meta: dict[str, An
     return kind
 
 
-__all__ = ["MAX_REAL_PARAMS", "LoadedModel", "importable_from_cwd", "load_model", "save_model"]
+__all__ = ["MAX_REAL_PARAMS", "LoadedModel", "import_object", "importable_from_cwd", "load_model", "save_model"]

@@ -61,7 +61,7 @@ def save_checkpoint(path: Path, cgap, optimizer, config: TrainConfig, epoch: int
         "config": json.dumps(config.to_dict()),
         "cgap": cgap.state(),
         "rng": torch.get_rng_state(),
-        "data_rng": loader.generator.get_state(),
+        "data_rng": loader.generator.get_state() if getattr(loader, "generator", None) is not None else None,
     }
     atomic_write(path, lambda tmp: torch.save(payload, tmp))
 

@@ -19,6 +19,7 @@ import tomllib
 
 from cgap_graph.errors import BadValue, CgapError, check_number
 from cgap_graph.passes.cgap.budget import parse_budget
+from cgap_graph.run.tasks import BOUNDED, DEFAULT_METRIC, LOSSES, METRICS
 
 
 @dataclass
@@ -60,6 +61,12 @@ class TrainConfig:
     eval_batch_size: int = 1000
     train_limit: int | None = None  # use only the first N training images (quick runs)
     test_limit: int | None = None
+    # the task and the data (run/tasks.py, run/sources.py)
+    loss: str = "cross-entropy"  # cross-entropy | pixel-cross-entropy | mse | module:function
+    metric: str | None = None  # accuracy | miou | neg-mse | r2 | module:function; default: the loss's
+    val_split: float = 0.2  # data without a test split: this seeded fraction is held out for testing
+    mean: str | None = None  # per-channel normalisation of images, e.g. "0.5,0.5,0.5" (default: training stats)
+    std: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> TrainConfig:
@@ -77,6 +84,7 @@ class TrainConfig:
             raise BadValue("prune_start", f"must be <= prune-end, got {self.prune_start} and {self.prune_end}")
         if self.budget is not None:
             parse_budget(self.budget)
+        _check_task(self)
         for flag in ("zero_survivors", "keep_zeros"):
             if not isinstance(getattr(self, flag), bool):
                 raise BadValue(flag, f"must be true or false, got {getattr(self, flag)!r}")
@@ -123,7 +131,7 @@ _RANGES = (
     ("f_growth", 0.0, 1.0, False, False, "0: no growth"),
     ("sigma", 0.0, None, True, False, ""), ("mu", 0.0, None, False, False, ""),
     ("capacity", 0.0, 100.0, True, False, "a multiple of the reference widths"),
-    ("tau_accu", 0.0, 1.0, False, True, "a training accuracy"), ("f_pruning", 0.0, 1.0, False, False, "0: no pruning"),
+    ("f_pruning", 0.0, 1.0, False, False, "0: no pruning"),
     ("gamma_w", 0.0, 1.0, True, True, ""), ("gamma_f", 0.0, 1.0, True, True, ""),
     ("prune_start", 0.0, 1.0, False, False, "a fraction of the epochs"),
     ("prune_end", 0.0, 1.0, False, False, "a fraction of the epochs"),
@@ -133,10 +141,33 @@ _RANGES = (
     ("test_limit", 1, None, False, False, "a number of images"),
     ("seed", 0, 2**63 - 1, False, False, ""), ("restart_lr", 0.0, 1e3, True, False, "the learning rate"),
     ("round_to", 1, 4096, False, False, "widths stay multiples of it"),
+    ("val_split", 0.0, 1.0, True, True, "the fraction of the samples held out for testing"),
 )
 _CHOICES = {"optimizer": ("sgd", "adam"), "init": ("paper", "preserve", "random"),
             "saliency": ("taylor", "magnitude", "random")}
 _OPTIONAL_CHOICES = {"growth_saliency": ("taylor", "magnitude", "random")}
+
+
+def _check_task(cfg: TrainConfig) -> None:
+    """Loss and metric names (a module:function is imported when the run starts); tau_accu on the
+    metric's scale: [0, 1) for accuracy and mIoU, any finite number for the others."""
+    if cfg.loss not in LOSSES and ":" not in cfg.loss:
+        raise BadValue("loss", f"must be {', '.join(LOSSES)} or module:function, got '{cfg.loss}'")
+    if cfg.metric is not None and cfg.metric not in METRICS and ":" not in cfg.metric:
+        raise BadValue("metric", f"must be {', '.join(METRICS)} or module:function, got '{cfg.metric}'")
+    metric = cfg.metric or DEFAULT_METRIC.get(cfg.loss, "accuracy")
+    if metric in BOUNDED:
+        check_number("tau_accu", cfg.tau_accu, 0.0, 1.0, hi_open=True, meaning=f"a training {metric}")
+    else:
+        check_number("tau_accu", cfg.tau_accu, meaning=f"a training {metric}")
+    for name in ("mean", "std"):
+        text = getattr(cfg, name)
+        if text is not None:
+            try:
+                [float(v) for v in str(text).split(",")]
+            except ValueError:
+                raise BadValue(name, f"must be comma-separated numbers, one per channel, e.g. 0.5,0.5,0.5; got "
+                               f"'{text}'") from None
 
 
 def read_config(path: str | Path) -> dict[str, Any]:

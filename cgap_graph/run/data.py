@@ -229,15 +229,3 @@ def check_fits(name: str, input_shape: tuple[int, ...]) -> None:
     if tuple(input_shape[1:]) != ds.shape:
         raise DataError(f"dataset {ds.name} gives inputs of shape {ds.shape} but the model expects "
                         f"{tuple(input_shape[1:])}; choose a dataset that fits (or another --input-shape)")
-
-
-def check_output_fits(name: str, output_shapes: list) -> None:
-    """One-line error unless the model answers the dataset's question: one (batch, classes) output."""
-    ds = info(name)
-    shapes = [tuple(s) if isinstance(s, (tuple, list)) else s for s in output_shapes]
-    if len(shapes) == 1 and isinstance(shapes[0], tuple) and len(shapes[0]) == 2 and shapes[0][1] == ds.classes:
-        return
-    shown = shapes[0] if len(shapes) == 1 else shapes
-    raise DataError(f"dataset {ds.name} is classification into {ds.classes} classes, so the model must output "
-                    f"(batch, {ds.classes}) scores, but it outputs {shown}; use --select magnitude (no data) or a "
-                    "dataset and loss that fit the model")

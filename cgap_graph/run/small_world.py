@@ -48,11 +48,12 @@ from cgap_graph.passes.small_world import (
 from cgap_graph.passes.small_world.budget import check_density
 from cgap_graph.passes.small_world.optimise import kept_params, optimise
 from cgap_graph.passes.small_world.topology import check_probability
-from cgap_graph.run import data
 from cgap_graph.run.checkpoint import CHECKPOINT
 from cgap_graph.run.config import TrainConfig
 from cgap_graph.run.epochs import evaluate
 from cgap_graph.run.loop import RunResult, train_run
+from cgap_graph.run.sources import Source, make_loader, open_source, parse_floats
+from cgap_graph.run.tasks import make_task
 
 SETTINGS = "settings.json"
 MASKS = "masks.pt"
@@ -173,8 +174,7 @@ def train_small_world(model: nn.Module | None, input_shape: Sequence[int], datas
 def _start(out: Path, model: nn.Module, settings: dict[str, Any], data_dir, console) -> tuple[dict, nn.Module]:
     """Step 1: check the data, build and save the masks and settings; a masked copy of the model."""
     dataset, shape = settings["dataset"], tuple(settings["input_shape"])
-    data.check_fits(dataset, shape)
-    data.load_arrays(dataset, "test", data_dir)  # a missing dataset fails now, before anything is written
+    open_source(dataset, shape, data_dir=data_dir)  # missing or unfit data fails now, before anything is written
     sw = build_masks(model, shape, settings["density"], topology=settings["topology"], p=settings["p"],
                      exclude=settings["exclude"], seed=settings["seed"], allocation=settings["allocation"])
     settings["p_chosen"] = sw.report.p
@@ -237,8 +237,8 @@ def _optimise_stage(run: _Run, masks, resume: bool) -> tuple[RunResult, dict[str
 def _optimise(train_dir: Path, shape, dataset, masks, settings, cfg: TrainConfig, data_dir):
     trained = load_model(str(train_dir / "model.pt")).model
     cg = trace(trained, shape)
-    loader = data.loader(dataset, "train", cfg.batch_size, data_dir=data_dir, limit=cfg.train_limit,
-                      seed=cfg.seed + 1, augment=False)
+    loader = make_loader(_source(dataset, shape, cfg, data_dir), "train", cfg.batch_size, limit=cfg.train_limit,
+                         seed=cfg.seed + 1, augment=False)
     new_masks, rep = optimise(cg, masks, rate=settings["prune_rate"], data=loader, saliency=settings["saliency"],
                               batches=cfg.saliency_batches)
     return cg, new_masks, rep.to_dict()
@@ -246,12 +246,19 @@ def _optimise(train_dir: Path, shape, dataset, masks, settings, cfg: TrainConfig
 
 def _evaluate_only(cg, shape, dataset, ft_dir: Path, cfg: TrainConfig, data_dir, meta) -> RunResult:
     """No fine-tuning: the optimised model as it is, evaluated and saved like a finished run."""
-    test = data.loader(dataset, "test", cfg.eval_batch_size, data_dir=data_dir, limit=cfg.test_limit, shuffle=False)
-    acc = evaluate(cg.module, test, torch.device("cpu")).accuracy
+    test = make_loader(_source(dataset, shape, cfg, data_dir), "test", cfg.eval_batch_size, limit=cfg.test_limit,
+                       shuffle=False)
+    task = make_task(cfg.loss, cfg.metric).fit(cg.output_shapes())
+    acc = evaluate(cg.module, test, torch.device("cpu"), task.loss, task.metric).accuracy
     save_model(cg.module, ft_dir / "model.pt", meta={**meta, "input_shape": list(shape)})
     res = RunResult(ft_dir, 0, acc, cg.param_count(), cg.flops(), {g.id: g.width for g in cg.groups}, 0.0, 0.0)
     atomic_write_text(ft_dir / "summary.json", json.dumps(_summary_of(res), indent=2) + "\n")
     return res
+
+
+def _source(dataset: str, shape, cfg: TrainConfig, data_dir) -> Source:
+    return open_source(dataset, shape, data_dir=data_dir, val_split=cfg.val_split, seed=cfg.seed,
+                       mean=parse_floats(cfg.mean, "mean"), std=parse_floats(cfg.std, "std"))
 
 
 def _summary_of(res: RunResult) -> dict[str, Any]:
