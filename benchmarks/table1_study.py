@@ -87,7 +87,8 @@ def job_table(args) -> dict[str, tuple[str, list[str], dict]]:
         jobs[f"seedw{w}_s0"] = ("cgap", [], {"seed": 0, "seed_width": w})
     tried = {"try_budget_s0": {"budget": f"params={args.target}", "prune_target": None},
              "try_late_s0": {"prune_start": 0.5, "prune_end": 0.8}, "try_keepzeros_s0": {"keep_zeros": True},
-             "try_norestart_s0": {"restart_lr": None}}
+             "try_norestart_s0": {"restart_lr": None},
+             "try_keepconv_s0": {"gamma_w_layers": {"conv1": 0.2, "conv2": 0.5, "fc1": 0.95, "fc2": 0.81}}}
     for name, over in tried.items():
         jobs[name] = ("cgap", [], {"seed": 0, "over": over})
     # equal total epochs (a baseline of half the epochs + fine-tuning) and equal training FLOPs
