@@ -86,9 +86,10 @@ def job_table(args) -> dict[str, tuple[str, list[str], dict]]:
     for w in (0.125, 0.5):
         jobs[f"seedw{w}_s0"] = ("cgap", [], {"seed": 0, "seed_width": w})
     tried = {"try_budget_s0": {"budget": f"params={args.target}", "prune_target": None},
-             "try_late_s0": {"prune_start": 0.5, "prune_end": 0.8}, "try_keepzeros_s0": {"keep_zeros": True},
-             "try_norestart_s0": {"restart_lr": None},
+             "try_keepzeros_s0": {"keep_zeros": True},
              "try_keepconv_s0": {"gamma_w_layers": {"conv1": 0.2, "conv2": 0.5, "fc1": 0.95, "fc2": 0.81}}}
+    if args.more_tries:
+        tried |= {"try_late_s0": {"prune_start": 0.5, "prune_end": 0.8}, "try_norestart_s0": {"restart_lr": None}}
     for name, over in tried.items():
         jobs[name] = ("cgap", [], {"seed": 0, "over": over})
     # equal total epochs (a baseline of half the epochs + fine-tuning) and equal training FLOPs
@@ -307,6 +308,7 @@ def main() -> None:
                    help="seeds of the equal-epochs and equal-FLOPs pruning-only comparisons")
     p.add_argument("--flops-epochs", type=int, default=5,
                    help="baseline epochs of the equal-training-FLOPs comparison (~ a CGaP run's training FLOPs)")
+    p.add_argument("--more-tries", action="store_true", help="also the later pruning window and no lr restart")
     p.add_argument("--seed-width", type=float, default=0.25)
     p.add_argument("--target", type=int, default=7900, help="CGaP's parameter target (the paper's row: 8K)")
     p.add_argument("--tau-accu", type=float, default=0.985)
