@@ -22,7 +22,23 @@ CIFAR = Path(os.environ.get("CGAP_DATA_DIR", "/nonexistent"), "cifar-10", "cifar
 needs_cifar = pytest.mark.skipif(not CIFAR.exists(), reason="CIFAR-10 not in $CGAP_DATA_DIR")
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from cifar_fast import crop_flip  # noqa: E402
+import table4_cifar10  # noqa: E402
+from cifar_fast import DeviceData, FastOptions, contiguous, crop_flip  # noqa: E402
+from table4_run import RunSpec, run  # noqa: E402
+
+import cgap_graph  # noqa: E402
+from cgap_graph import zoo  # noqa: E402
+from cgap_graph.passes.cgap.seed import seed as seed_pass  # noqa: E402
+from cgap_graph.run.config import TrainConfig  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread, as the script's own runs use (two threads thrash on a shared 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -60,16 +76,23 @@ def test_quick_rows_have_numbers(quick):
     assert result["paper"]["resnet56"][2][0] == "CGaP" and "Table IV" in stdout
 
 
+def _main(capsys, *args: str) -> tuple[int, str, str]:
+    """The script in this process (no interpreter start-up); its rc, stdout and stderr."""
+    rc = table4_cifar10.main([*args, "--threads", "1"])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
 @needs_cifar
-def test_resumed_run_equals_uninterrupted(quick, tmp_path):
+def test_resumed_run_equals_uninterrupted(quick, tmp_path, capsys):
     out_full, _, _ = quick
     args = ("--quick", "--methods", "cgap", "--out", str(tmp_path), "--results", str(tmp_path / "r.json"))
-    first = _run(*args, "--stop-after", "2")
-    assert first.returncode == 0, first.stderr[-2000:]
+    rc, out, err = _main(capsys, *args, "--stop-after", "2")
+    assert rc == 0, err[-2000:]
     assert not (tmp_path / "resnet20" / "cgap" / "summary.json").exists()
-    second = _run(*args)
-    assert second.returncode == 0, second.stderr[-2000:]
-    assert "resuming at epoch 3" in second.stdout
+    rc, out, err = _main(capsys, *args)
+    assert rc == 0, err[-2000:]
+    assert "resuming at epoch 3" in out
     keys = ("epoch", "phase", "lr", "params", "flops", "widths", "events", "train_acc", "test_acc")
     read = lambda d: [json.loads(ln) for ln in (d / "resnet20" / "cgap" / "metrics.jsonl").read_text().splitlines()]
     full, resumed = read(out_full), read(tmp_path)
@@ -79,20 +102,19 @@ def test_resumed_run_equals_uninterrupted(quick, tmp_path):
 
 
 @needs_cifar
-def test_other_settings_are_refused_in_one_line(quick):
+def test_other_settings_are_refused_in_one_line(quick, capsys):
     out, _, _ = quick
-    res = _run("--quick", "--methods", "baseline", "--epochs", "5", "--out", str(out), "--results",
-               str(out / "other.json"))
-    assert res.returncode == 2
-    assert res.stderr.count("\n") == 1 and "holds a finished run of other settings" in res.stderr
-    assert "epochs 4 there vs 5 now" in res.stderr and "Traceback" not in res.stderr
+    rc, _, err = _main(capsys, "--quick", "--methods", "baseline", "--epochs", "5", "--out", str(out), "--results",
+                       str(out / "other.json"))
+    assert rc == 2
+    assert err.count("\n") == 1 and "holds a finished run of other settings" in err
+    assert "epochs 4 there vs 5 now" in err and not (out / "other.json").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
-def test_cuda_missing_is_one_line():
-    res = _run("--device", "cuda", "--models", "resnet20", "--epochs", "1")
-    assert res.returncode == 2 and res.stderr.startswith("error: --device cuda: no CUDA device here")
-    assert "Traceback" not in res.stderr
+def test_cuda_missing_is_one_line(capsys):
+    rc, _, err = _main(capsys, "--device", "cuda", "--models", "resnet20", "--epochs", "1")
+    assert rc == 2 and err == "error: --device cuda: no CUDA device here; use --device cpu (or --quick)\n"
 
 
 def test_crop_flip_matches_per_image_loop():
@@ -118,3 +140,45 @@ def test_gpu_script_dry_run(tmp_path):
     assert "--device cuda --models resnet20 --methods baseline,cgap,pruning-only --epochs 30 --bf16" in res.stdout
     assert "resnet20: reference 272,474 params" in res.stdout and "dry run: nothing trained" in res.stdout
     assert (tmp_path / "plan.txt").exists() and not (tmp_path / "table4_cifar10.json").exists()
+
+
+def _synthetic(n: int, seed: int) -> DeviceData:
+    g = torch.Generator().manual_seed(seed)
+    return DeviceData(torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8),
+                      torch.randint(0, 10, (n,), generator=g), torch.device("cpu"))
+
+
+def test_channels_last_model_computes_the_same():
+    """The layout the GPU path trains in changes no number (fp32, tolerance 1e-5 relative)."""
+    torch.manual_seed(0)
+    model = cgap_graph.trace(zoo.build("resnet20", width=0.25), (1, 3, 32, 32)).module.eval()
+    x = _synthetic(8, 1)
+    xin = x.normalise(x.x)
+    want = model(xin)
+    opts = FastOptions(torch.device("cpu"), channels_last=True)
+    opts.layout(model)
+    assert model.get_submodule("conv1").weight.is_contiguous(memory_format=torch.channels_last)
+    got = model(xin.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    contiguous(model)
+    assert all(p.is_contiguous() for p in model.parameters())
+    torch.testing.assert_close(model(xin), want, rtol=1e-5, atol=1e-5)
+
+
+def test_gpu_path_grows_and_prunes_channels_last_bf16(tmp_path):
+    """The GPU options (channels-last, bf16 autocast) through growth, pruning and a resume, on the
+    CPU with synthetic images: surgery sees contiguous weights, training sees channels-last."""
+    cfg = TrainConfig(epochs=3, batch_size=32, f_growth=1.0, tau_accu=0.0, prune_start=0.67, prune_end=0.67,
+                      gamma_w=0.5, saliency_batches=1)
+    g = cgap_graph.trace(zoo.build("resnet20", width=0.25), (1, 3, 32, 32))
+    rep = seed_pass(g, 0.5, select="first", reinit=True)
+    spec = RunSpec("synthetic/cgap", tmp_path, cfg, lambda: g.module, {"test": 1}, rep.reference_widths)
+    opts = FastOptions(torch.device("cpu"), bf16=True, channels_last=True, batch_size=32, eval_batch_size=64)
+    train, test = _synthetic(96, 2), _synthetic(64, 3)
+    assert run(spec, train, test, opts, log=lambda s: None, stop_after=1) is None  # checkpointed after epoch 1
+    summary = run(spec, train, test, opts, log=lambda s: None)
+    assert summary["grown_at"][:1] == [1] and summary["pruned_at"] == [2]
+    assert summary["params"] < summary["peak_params"]
+    assert 0 <= summary["accuracy"] <= 1
+    model = cgap_graph.load_model(str(tmp_path / "model.pt")).model
+    assert sum(p.numel() for p in model.parameters()) == summary["params"]
