@@ -106,7 +106,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     a("--out", type=Path, default=None, help="run folders (default: runs/table4, quick: runs/table4_quick)")
     a("--results", type=Path, default=None, help="results JSON (default: benchmarks/results/table4_cifar10.json; "
       "other schedules get their own name; quick: OUT/table4_cifar10_quick.json)")
-    a("--fresh", action="store_true", help="delete these runs' folders first instead of resuming them")
+    a("--fresh", action="store_true", help="delete these models' run folders (all methods) first, not resume")
     a("--stop-after", type=int, default=None, help="leave each run after N epochs of this call (resume test)")
     a("--plan", action="store_true", help="print each run's schedule and exit (no training)")
     a("--threads", type=int, default=None, help="torch CPU threads")
@@ -216,6 +216,9 @@ def run_model(args, model: str, train: DeviceData, test: DeviceData, opts: FastO
         if "baseline" in args.methods:
             emit(_row(model, "baseline", base, None))
     target = target_of(args, model)
+    finished = args.out / model / "cgap" / "summary.json"
+    if "cgap" not in args.methods and finished.exists():  # a CGaP run of an earlier call sets the size
+        target = json.loads(finished.read_text())["params"]
     if "cgap" in args.methods:
         summary = go(spec_cgap(args, model))
         if summary is None:
