@@ -333,6 +333,8 @@ def main(argv=None) -> int:
             torch.set_float32_matmul_precision("high")
         cl = args.channels_last == "on" or (args.channels_last == "auto" and device.type == "cuda")
         opts = FastOptions(device, bf16=args.bf16, channels_last=cl, batch_size=args.batch_size)
+        for m in args.models:  # every setting checked before anything trains
+            spec_cgap(args, m), spec_pruning_only(args, m, {"epochs": 0, "accuracy": 0, "params": 0}, None)
         if args.fresh:
 
             for m in args.models:

@@ -182,3 +182,9 @@ def test_gpu_path_grows_and_prunes_channels_last_bf16(tmp_path):
     assert 0 <= summary["accuracy"] <= 1
     model = cgap_graph.load_model(str(tmp_path / "model.pt")).model
     assert sum(p.numel() for p in model.parameters()) == summary["params"]
+
+
+def test_bad_setting_is_refused_before_training(tmp_path, capsys):
+    rc, out, err = _main(capsys, "--quick", "--gamma-w", "1.5", "--out", str(tmp_path / "runs"))
+    assert rc == 2 and err == "error: gamma-w must be in (0, 1), got 1.5\n"
+    assert "epoch" not in out and not (tmp_path / "runs").exists()
