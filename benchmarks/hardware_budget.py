@@ -18,6 +18,7 @@ Writes benchmarks/results/hardware_budget.json.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -146,6 +147,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny runs: checks the script works")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--parts", default="a,b", help="which parts to run (a: ORT latency, b: LeNet-5 budgets); "
+                   "a part not run keeps its figures from the previous JSON")
     p.add_argument("--base-epochs", type=int, default=8)
     p.add_argument("--ft-epochs", type=int, default=4)
     args = p.parse_args()
@@ -156,9 +159,14 @@ def main() -> None:
     if args.quick:
         args.repeats, args.base_epochs, args.ft_epochs, args.limit, runs = 1, 1, 1, 2000, 3
         args.params_budgets = [40000]
-    a = part_a(["resnet56", "vgg16"], args.repeats, runs)
+    previous = RESULTS / f"hardware_budget{'_quick' if args.quick else ''}.json"
+    kept = json.loads(previous.read_text()) if previous.exists() else {}
+    a = part_a(["resnet56", "vgg16"], args.repeats, runs) if "a" in args.parts else kept.get("ort")
     with tempfile.TemporaryDirectory() as tmp:
-        b = part_b(args, Path(tmp)) if data.data_root() is not None else {"skipped": "no CGAP_DATA_DIR"}
+        if "b" not in args.parts:
+            b = kept.get("lenet5")
+        else:
+            b = part_b(args, Path(tmp)) if data.data_root() is not None else {"skipped": "no CGAP_DATA_DIR"}
     print(f"wrote {write_json('hardware_budget', {'machine': machine(), 'ort': a, 'lenet5': b}, args.quick)}")
 
 
