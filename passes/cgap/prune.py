@@ -262,7 +262,9 @@ def _reader_inputs(cg: ChannelGraph) -> dict[str, torch.Tensor]:
     A removed unit's value is a constant that per-channel ops (norms, activations, pooling,
     adds) carry unchanged at any resolution, so the probe runs at a small spatial size when the
     model accepts one (a fixed-size flatten or position embedding does not: then at full size).
-    Channels that are not constant at the small size are not constant at the full one either."""
+    Channels that are not constant at the small size are not constant at the full one either.
+    At full size one sample is enough (a constant channel is constant over every position of
+    it), which halves the probe of a ViT, where the position embedding fixes the size."""
     gm = cg.module
     seen: dict[str, torch.Tensor] = {}
 
@@ -284,7 +286,7 @@ def _reader_inputs(cg: ChannelGraph) -> dict[str, torch.Tensor]:
                 return seen
             except Exception:  # the model needs its own input size
                 seen.clear()
-        Rec(gm).run(*full)
+        Rec(gm).run(*[x[:1] if x.dim() else x for x in full])
     finally:
         gm.train(was)
     return seen
