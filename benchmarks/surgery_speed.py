@@ -224,5 +224,26 @@ def _line(r: dict) -> str:
             f"{'inexact' if r.get('inexact_groups') else ''} {r['errors'] or ''}")
 
 
+def markdown(result: dict) -> str:
+    """The README table of a result JSON (``--show``)."""
+    out = ["| model | params | trace | TP build | (a) | prune | MetaPruner | (b) | grow | clone | prune / clone "
+           "| grow / clone | masked vs shrunk |", "| --- " + "| ---: " * 12 + "|"]
+    ms = lambda r, k: f"{1e3 * r[k]:,.0f} ms" if r.get(k) else "n/a"  # noqa: E731
+    x = lambda a, b: f"{a / b:.1f}x" if a and b else "n/a"  # noqa: E731
+    for r in result["rows"]:
+        ms_err = r.get("masked_vs_shrunk")
+        oracle = "n/a" if ms_err is None else f"{ms_err:.1e}"
+        oracle += " (inexact reported)" if r.get("inexact_groups") else ""
+        out.append(f"| {r['model']} | {r['params'] / 1e6:.1f}M | {ms(r, 'trace')} | {ms(r, 'tp_build')} | "
+                   f"{x(r.get('tp_build'), r.get('trace'))} | {ms(r, 'prune')} | {ms(r, 'tp_prune')} | "
+                   f"{x(r.get('tp_prune'), r.get('prune'))} | {ms(r, 'grow')} | {ms(r, 'clone')} | "
+                   f"{x(r.get('prune'), r.get('clone'))} | {x(r.get('grow'), r.get('clone'))} | {oracle} |")
+    return "\n".join(out)
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:] == ["--show"]:
+        from common import RESULTS
+        print(markdown(json.loads((RESULTS / "surgery_speed.json").read_text())))
+    else:
+        main()
