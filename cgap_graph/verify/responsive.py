@@ -1,0 +1,59 @@
+"""Models whose outputs respond to their inputs, so that an oracle at 1e-4 can see a mix-up.
+
+As built, many models hide a channel mix-up: fresh norm layers are identities, a zero-initialised
+head (torchvision's ViT) makes the output exactly zero, and a small-std initialisation
+(GoogLeNet, ShuffleNetV2) makes it barely depend on the input. :func:`make_responsive` gives norms
+random statistics and affine parameters, re-initialises every all-zero parameter (He init for
+weights, small random values for vectors), and with ``he_all`` every conv/linear weight;
+:func:`input_sensitivity` measures how much the output moves between two random inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from cgap_graph.verify.inputs import output_tensor, randomize_norm_stats
+
+_WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d,
+             nn.Linear)
+
+
+def _he_(p: torch.Tensor, g: torch.Generator) -> None:
+    fan_in = max(1, p[0].numel()) if p.dim() >= 2 else max(1, p.numel())
+    std = math.sqrt(2.0 / fan_in) if p.dim() >= 2 else 0.1
+    p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * std)
+
+
+@torch.no_grad()
+def make_responsive(model: nn.Module, seed: int = 0, he_all: bool = False) -> nn.Module:
+    """``model`` (changed in place and returned): norm statistics and affine parameters
+    randomised, all-zero parameters re-initialised, and with ``he_all`` every conv/linear weight
+    re-drawn from He initialisation (for models whose initialisation is too small to respond)."""
+    randomize_norm_stats(model, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    for _, p in model.named_parameters():
+        if p.is_floating_point() and p.numel() and not p.is_meta and not bool(p.any()):
+            _he_(p, g)
+    if he_all:
+        for m in model.modules():
+            if isinstance(m, _WEIGHTED):
+                _he_(m.weight, g)
+    return model
+
+
+@torch.no_grad()
+def input_sensitivity(model: nn.Module, inputs_a: Sequence[torch.Tensor], inputs_b: Sequence[torch.Tensor]
+                      ) -> float:
+    """max |f(a) - f(b)| / max |f(a)| (0 when the output is zero or does not depend on its input)."""
+    was = model.training
+    model.eval()
+    try:
+        ya, yb = output_tensor(model(*inputs_a)).float(), output_tensor(model(*inputs_b)).float()
+    finally:
+        model.train(was)
+    scale = float(ya.abs().max()) if ya.numel() else 0.0
+    return float((ya - yb).abs().max()) / scale if scale > 0 else 0.0
