@@ -55,3 +55,31 @@ def test_half_of_every_group_against_kept_stats(name):
     scale = float(out.abs().max())
     assert float((ref - out).abs().max()) / scale <= TOL
     assert float((plain - out).abs().max()) / scale > 1e-3
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_normalised_groups_report_exact_against_kept_stats(name):
+    """The rules' norm notes are recognised: such groups say "exact against kept-channel
+    statistics" for pruning (the reference above holds them to it) instead of "inexact"."""
+    model, shape = _model(name)
+    g = cg.trace(model, shape)
+    normalised = [grp for grp in g.groups if grp.prunable and grp.prune_notes]
+    for grp in normalised:
+        assert grp.kept_stats_exact and grp.summary()["prune_exact_kept_stats"], grp.status()
+        assert "pruning exact against kept-channel statistics" in grp.status()
+        assert not grp.status().split(", ")[2].startswith("inexact")
+
+
+def test_softmax_groups_stay_inexact():
+    """A softmax across channels is not a statistic the reference recomputes: still inexact."""
+    class SoftmaxMix(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(6, 8), torch.nn.Linear(8, 3)
+
+        def forward(self, x):
+            return self.b(self.a(x).softmax(-1))
+
+    g = cg.trace(SoftmaxMix(), (2, 6))
+    grp = next(grp for grp in g.groups if grp.width == 8)
+    assert grp.prune_notes and not grp.kept_stats_exact and "inexact" in grp.status()
