@@ -283,6 +283,16 @@ def print_table(rows: list[dict], skip_onnx: bool) -> None:
     Console(width=200).print(table)
 
 
+def markdown(rows: list[dict], skip_onnx: bool) -> str:
+    """The README's summary: how many models pass each stage, ours beside Torch-Pruning."""
+    s = summary(rows, skip_onnx)
+    ours = [k for k in STAGES if k in s and k != "tp"]
+    head = "| models | " + " | ".join(ours) + " | Torch-Pruning prunes + runs |"
+    line = "| " + " | ".join(["---"] * (len(ours) + 2)) + " |"
+    body = f"| {s['models']} | " + " | ".join(str(s[k]) for k in ours) + f" | {s['tp']} |"
+    return "\n".join([head, line, body])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default=None, help="comma-separated subset (default: every model but the largest)")
@@ -292,12 +302,17 @@ def main() -> None:
     p.add_argument("--skip-largest", type=int, default=10)
     p.add_argument("--name", default="coverage_torchvision", help="results file name")
     p.add_argument("--tp-timeout", type=int, default=300, help="seconds per model for Torch-Pruning")
+    p.add_argument("--show", action="store_true", help="print the table of the existing results file only")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--part", default="ours", help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
         return worker(args.worker, Path(args.out), args.skip_onnx, args.part)
+    if args.show:
+        result = json.loads((ROOT / "benchmarks" / "results" / f"{args.name}.json").read_text())
+        print_table(result["rows"], result["skip_onnx"])
+        return print(markdown(result["rows"], result["skip_onnx"]))
     if import_torchvision() is None:
         sys.exit("torchvision is not installed: pip install --no-deps torchvision==0.28.0")
     sized = candidates() if not args.models else []
@@ -313,6 +328,7 @@ def main() -> None:
             write_json(args.name, result)
             print(row["model"], row["status"], {s: passed(row, s) for s in STAGES}, flush=True)
     print_table(rows, args.skip_onnx)
+    print(markdown(rows, args.skip_onnx))
     print(f"wrote {write_json(args.name, result)}")
 
 
