@@ -53,6 +53,7 @@ import cgap_graph as cg  # noqa: E402
 from cgap_graph.passes.cgap.grow import grow  # noqa: E402
 from cgap_graph.passes.cgap.prune import prune_units, remove_units  # noqa: E402
 from cgap_graph.passes.cgap.saliency import saliency  # noqa: E402
+from cgap_graph.passes.export import export_onnx  # noqa: E402
 from cgap_graph.verify import (  # noqa: E402
     calibrate_norms,
     input_sensitivity,
@@ -181,7 +182,6 @@ def _masked(model, shape, x, shrunk, rep, rec):
 
 
 def _onnx(shrunk, shape, rec):
-    from cgap_graph.passes.export import export_onnx
     with tempfile.TemporaryDirectory() as tmp:
         r = export_onnx(shrunk.module, shape, Path(tmp) / "m.onnx", tolerance=1e9)
     rec.update(rel=r.max_abs_diff / max(1e-12, r.output_scale), exporter=r.exporter, dynamic=r.dynamic_batch)
