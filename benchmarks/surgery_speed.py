@@ -44,7 +44,7 @@ import cgap_graph as cg  # noqa: E402
 from cgap_graph.passes.cgap.grow import grow  # noqa: E402
 from cgap_graph.passes.cgap.prune import prune_units, remove_units  # noqa: E402
 from cgap_graph.passes.cgap.saliency import saliency  # noqa: E402
-from cgap_graph.verify import randomize_norm_stats  # noqa: E402
+from cgap_graph.verify import make_responsive  # noqa: E402
 
 TORCHVISION = [("resnet18", 224), ("resnet50", 224), ("mobilenet_v2", 224), ("mobilenet_v3_large", 224),
                ("efficientnet_b0", 224), ("densenet121", 224), ("googlenet", 224), ("inception_v3", 299),
@@ -108,7 +108,7 @@ def timed(fn) -> float:
 def masked_vs_shrunk(model, shape) -> tuple[float, bool]:
     """Relative max |masked - shrunk| after removing the lowest half of every group, and whether
     any removed group reports inexact (normalised across channels)."""
-    probe = randomize_norm_stats(copy.deepcopy(model)).eval()
+    probe = make_responsive(copy.deepcopy(model)).eval()
     x = torch.randn(2, *shape[1:], generator=torch.Generator().manual_seed(0))
     shrunk = cg.trace(probe, shape)
     sal = saliency(shrunk, mode="magnitude")

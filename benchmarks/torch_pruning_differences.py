@@ -28,7 +28,7 @@ from tp_compare import disagreements, ours, torch_pruning  # noqa: E402
 
 import cgap_graph as cg  # noqa: E402
 from cgap_graph import zoo  # noqa: E402
-from cgap_graph.verify import masked_vs_shrunk, randomize_norm_stats  # noqa: E402
+from cgap_graph.verify import make_responsive, masked_vs_shrunk  # noqa: E402
 
 # the layer whose output channel 1 is removed to settle a disagreement
 DISPUTED = {"pad_shortcut": "c0", "channel_shuffle": "stem", "hand_attention": "attn.k",
@@ -82,7 +82,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
     cases = [(f"zoo:{n}", zoo.build(n).eval(), zoo.input_shape(n), torch.float32) for n in zoo.names()]
-    cases += [(n, randomize_norm_stats(f()).eval(), s, d) for n, (f, s, d) in MODELS.items()]
+    cases += [(n, make_responsive(f()).eval(), s, d) for n, (f, s, d) in MODELS.items()]
     rows = []
     for name, model, shape, dtype in cases:
         example = torch.randn(*shape) if dtype.is_floating_point else torch.randint(0, 8, shape)

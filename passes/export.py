@@ -66,9 +66,11 @@ def export_onnx(model: nn.Module | ChannelGraph, input_shape: tuple[int, ...] | 
                 path: str | Path, *, opset: int = DEFAULT_OPSET, check: bool = True, meta: dict | None = None,
                 shrink: bool = True, exporter: str = "auto", tolerance: float = TOLERANCE,
                 dynamic_batch: bool = True, input_dtype: torch.dtype | list[torch.dtype] | None = None,
-                inputs: list[str | Path] | tuple = ()) -> ExportReport:
+                inputs: list[str | Path] | tuple = (), optimize: bool = True) -> ExportReport:
     """Export ``model`` to ``path`` (see module docstring). The user's module is never modified:
-    shrinking works on a copy. ``inputs`` are files the output must not overwrite."""
+    shrinking works on a copy. ``inputs`` are files the output must not overwrite. ``optimize=False``
+    skips the dynamo exporter's ONNX graph optimiser (constant folding, rewrites): on Swin-T it is
+    about a sixth of the export time (``benchmarks/export_profile.py``); the file is checked the same."""
 
     out = Path(path)
     check_output(out, inputs)
@@ -99,7 +101,7 @@ def export_onnx(model: nn.Module | ChannelGraph, input_shape: tuple[int, ...] | 
     out_names = ["output"] if len(ref_out) == 1 else [f"output_{i}" for i in range(len(ref_out))]
 
     notes: list[str] = []
-    proto, used, dynamic = _export(gm, example, names, out_names, opset, exporter, dynamic_batch, notes)
+    proto, used, dynamic = _export(gm, example, names, out_names, opset, exporter, dynamic_batch, notes, optimize)
     _add_metadata(proto, widths, meta, used)
     if check:
         _check(proto)
@@ -138,7 +140,7 @@ def _quiet():
             lg.setLevel(lv)
 
 
-def _export(gm, example, names, out_names, opset, exporter, dynamic_batch, notes):
+def _export(gm, example, names, out_names, opset, exporter, dynamic_batch, notes, optimize=True):
     import onnx
     tries = ["dynamo", "legacy"] if exporter == "auto" else [exporter]
     errors = []
@@ -151,7 +153,7 @@ def _export(gm, example, names, out_names, opset, exporter, dynamic_batch, notes
                         batch = torch.export.Dim("batch", min=1)
                         prog = torch.onnx.export(
                             gm, tuple(example), dynamo=True, opset_version=opset, input_names=names,
-                            output_names=out_names, external_data=False,
+                            output_names=out_names, external_data=False, optimize=optimize,
                             dynamic_shapes=tuple({0: batch} for _ in example) if dynamic else None)
                         prog.save(f, external_data=False)
                     else:

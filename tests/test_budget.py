@@ -14,11 +14,11 @@ from cgap_graph.errors import BadValue
 from cgap_graph.passes.cgap.prune import prune_units, remove_units
 from cgap_graph.passes.cgap.saliency import saliency
 from cgap_graph.passes.fpga.cost import cost_onnx
-from cgap_graph.verify import randomize_norm_stats
+from cgap_graph.verify import make_responsive
 
 
 def _traced(name, width=1.0):
-    model = randomize_norm_stats(cg.zoo.build(name, width=width)).eval()
+    model = make_responsive(cg.zoo.build(name, width=width)).eval()
     return model, cg.trace(model, cg.zoo.input_shape(name))
 
 

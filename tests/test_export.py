@@ -19,7 +19,7 @@ from cgap_graph.passes.cgap.saliency import saliency
 from cgap_graph.passes.cgap.seed import group_key
 from cgap_graph.passes.export import ExportError, export_onnx, read_metadata, session
 from cgap_graph.surgery import mask_channels
-from cgap_graph.verify import randomize_norm_stats
+from cgap_graph.verify import make_responsive
 
 TOL = 1e-4  # the bound on |ONNX Runtime - PyTorch|, times max(1, |output|): float32 resolves
 # ~1e-7 of an output's magnitude, and a grown model (paper init) can give outputs of 1e5
@@ -46,7 +46,7 @@ def ok(rep) -> bool:
 def test_onnx_runtime_matches_pytorch_dense_grown_and_pruned(name, tmp_path):
     shape = zoo.ZOO[name].input_shape
     torch.manual_seed(0)
-    model = randomize_norm_stats(zoo.build(name), seed=1).eval()
+    model = make_responsive(zoo.build(name), seed=1).eval()
     rep = export_onnx(model, shape, tmp_path / "dense.onnx")
     assert rep.exporter == "dynamo" and rep.dynamic_batch and ok(rep)
     diff, scale = ort_vs_torch(tmp_path / "dense.onnx", model, shape)
@@ -72,7 +72,7 @@ def test_onnx_runtime_matches_pytorch_dense_grown_and_pruned(name, tmp_path):
 def test_masked_units_are_shrunk_and_outputs_kept(name, tmp_path):
     shape = zoo.ZOO[name].input_shape
     torch.manual_seed(0)
-    g = trace(randomize_norm_stats(zoo.build(name), seed=2), shape)
+    g = trace(make_responsive(zoo.build(name), seed=2), shape)
     masks = {x.id: list(range(0, x.width, 3)) for x in g.groups if x.prunable and x.width > 3}
     mask_channels(g, masks)
     masked = g.module

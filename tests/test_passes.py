@@ -20,7 +20,7 @@ from cgap_graph.passes.cgap.prune import prune, prune_units, sparse_units, zero_
 from cgap_graph.passes.cgap.saliency import saliency
 from cgap_graph.passes.cgap.seed import capacity_by_id, seed
 from cgap_graph.run import data
-from cgap_graph.verify import randomize_norm_stats
+from cgap_graph.verify import make_responsive
 from cgap_graph.verify.oracles import _MaskedStatsInterpreter
 
 ZOO_WIDTH = {"vgg16": 0.25, "vgg19": 0.25, "resnet56": 0.5, "resnet110": 0.25, "densenet": 0.5}
@@ -99,7 +99,7 @@ def test_saliency_modes_and_errors():
 # ---- growth --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", zoo.names())
 def test_preserve_growth_leaves_every_zoo_model_unchanged(name):
-    model = randomize_norm_stats(zoo.build(name, width=ZOO_WIDTH.get(name, 1.0))).eval()
+    model = make_responsive(zoo.build(name, width=ZOO_WIDTH.get(name, 1.0))).eval()
     shape = zoo.input_shape(name)
     x = torch.randn(2, *shape[1:])
     g = cg.trace(model, shape)
@@ -134,7 +134,7 @@ def test_paper_growth_widths_and_training(trained_lenet):
 
 
 def test_coupled_residual_stream_grows_together():
-    model = randomize_norm_stats(zoo.build("resnet20", width=0.5)).eval()
+    model = make_responsive(zoo.build("resnet20", width=0.5)).eval()
     g = cg.trace(model, (1, 3, 32, 32))
     grow(g, saliency(g, mode="magnitude"), 0.5, init="preserve")
     gm = g.module
@@ -164,7 +164,7 @@ def test_growth_parameter_errors():
 # ---- pruning -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["lenet5", "vgg16", "resnet20", "mobilenetv2", "densenet", "se_resnet", "vit"])
 def test_alg3_masked_and_shrunk_agree(name):
-    model = randomize_norm_stats(zoo.build(name, width=ZOO_WIDTH.get(name, 0.5))).eval()
+    model = make_responsive(zoo.build(name, width=ZOO_WIDTH.get(name, 0.5))).eval()
     shape = zoo.input_shape(name)
     x = torch.randn(2, *shape[1:])
     g = cg.trace(model, shape)

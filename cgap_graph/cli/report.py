@@ -102,8 +102,11 @@ def print_inspect(cg: ChannelGraph, title: str, console: Console, extra_lines: l
             status = f"[red]frozen[/red]: {escape(row['frozen'])}"
         else:
             status = "[green]prunable, growable[/green]" if row["prunable"] else "[green]growable[/green] (width 1)"
+            if row.get("prune_exact_kept_stats"):
+                status += " [green]exact against kept-channel statistics[/green]"
             if row["notes"]:
-                status += f" [yellow]inexact[/yellow]: {escape(row['notes'][0])}" + (
+                word = "growth inexact" if row.get("prune_exact_kept_stats") else "inexact"
+                status += f" [yellow]{word}[/yellow]: {escape(row['notes'][0])}" + (
                     f" (+{len(row['notes']) - 1})" if len(row["notes"]) > 1 else "")
         table.add_row(str(row["id"]), str(row["width"]), shown, status)
     console.print(table)

@@ -27,6 +27,7 @@ from cgap_graph.ir.copies import copy_module
 from cgap_graph.ir.expr import Expr
 from cgap_graph.ir.flops import count_flops
 from cgap_graph.ir.gc_pause import gc_paused
+from cgap_graph.ir.notes import kept_stats_exact, note_parts
 from cgap_graph.ir.traced import Traced
 from cgap_graph.ir.tracing import trace_module
 from cgap_graph.rules.registry import TSpec
@@ -91,15 +92,18 @@ class Group:
     def growable(self) -> bool:
         return self.frozen is None
 
+    @property
+    def kept_stats_exact(self) -> bool:
+        """Removal changes only norm statistics: it is exact against kept-channel statistics."""
+        return kept_stats_exact(self.prune_notes)
+
     def status(self) -> str:
         if self.frozen is not None:
             return f"frozen: {self.frozen}"
         parts = ["prunable" if self.prunable else "growable (width 1: not prunable)"]
         if self.prunable:
             parts.append("growable")
-        if self.prune_notes or self.grow_notes:
-            parts.append("inexact: " + "; ".join(dict.fromkeys(self.prune_notes + self.grow_notes)))
-        return ", ".join(parts)
+        return ", ".join(parts + note_parts(self.prune_notes, self.grow_notes))
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -110,6 +114,7 @@ class Group:
             "growable": self.growable,
             "frozen": self.frozen,
             "prune_exact": not self.prune_notes,
+            "prune_exact_kept_stats": self.kept_stats_exact,
             "grow_exact": not self.grow_notes,
             "notes": list(dict.fromkeys(self.prune_notes + self.grow_notes)),
         }

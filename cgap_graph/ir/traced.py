@@ -63,6 +63,7 @@ class Traced:
         self.guards = guards
         self.opaque = opaque
         self.input_specs = input_specs
+        self.restored: list[str] = []  # "module.attr" that forward wrote and tracing put back
 
 
 def _spec_of(out: Any) -> Any:

@@ -1,5 +1,6 @@
 """The entry point of tracing: run ``forward`` once on symbolic tensors under a ``Tracer``; a
-submodule that cannot be traced becomes an opaque leaf (its groups freeze) and tracing restarts."""
+submodule that cannot be traced becomes an opaque leaf (its groups freeze) and tracing restarts.
+Python state that forward writes is put back after every run (``state_guard.py``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from cgap_graph.errors import InputShapeError, TraceError
+from cgap_graph.ir.state_guard import StateGuard
 from cgap_graph.ir.symbolic import SymTensor, is_internal_file, state
 from cgap_graph.ir.traced import Traced, _dce, _forward_signature
 from cgap_graph.ir.tracer import _ORIG_CALL, _ORIG_GETATTR, Tracer, _patched_call, _patched_getattr
@@ -23,6 +25,7 @@ def trace_module(model: nn.Module, input_specs: Sequence[TSpec], leaf_modules: S
 
     opaque: dict[str, str] = {}
     leaves = list(leaf_modules)
+    guard = StateGuard(model)
     for _attempt in range(32):
         tr = Tracer(model, leaves)
         tr.opaque.update(opaque)
@@ -58,6 +61,7 @@ def trace_module(model: nn.Module, input_specs: Sequence[TSpec], leaf_modules: S
             nn.Module.__getattr__ = _ORIG_GETATTR
             state.tracer = prev
             fx_st._is_fx_tracing_flag = prev_flag
+            written = guard.restore()  # the user's model as it was (caches forward filled)
         if failing is not None:
             mod_name, msg = failing
             if not mod_name:  # the model's own forward: nothing to fall back to
@@ -68,8 +72,10 @@ def trace_module(model: nn.Module, input_specs: Sequence[TSpec], leaf_modules: S
             continue
         tr.graph.output(tr.arg(out))
         _dce(tr.graph)
-        return Traced(model, tr.graph, tr.attrs, tr.attr_kind, tr.guards, tr.opaque, list(input_specs),
-                      tr.tensors, tr.modules)
+        traced = Traced(model, tr.graph, tr.attrs, tr.attr_kind, tr.guards, tr.opaque, list(input_specs),
+                        tr.tensors, tr.modules)
+        traced.restored = written
+        return traced
     raise TraceError("tracing kept failing after making 32 submodules opaque; give leaf_modules explicitly")
 
 

@@ -37,7 +37,7 @@ def randomize_norm_stats(model: nn.Module, seed: int = 0) -> nn.Module:
                 if m.weight is not None:
                     m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
                     m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-            elif isinstance(m, (nn.LayerNorm, nn.GroupNorm)) and getattr(m, "weight", None) is not None:
+            elif isinstance(m, (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)) and getattr(m, "weight", None) is not None:
                 m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
                 if getattr(m, "bias", None) is not None:
                     m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
