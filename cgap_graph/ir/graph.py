@@ -353,12 +353,8 @@ def layouts(e: Any) -> tuple:
     return e if isinstance(e, tuple) and e and isinstance(e[0], tuple) else (e,)
 
 
-
 def _node_for_target(graph: fx.Graph, target: str) -> str | None:
-    for node in graph.nodes:
-        if node.op in ("call_module", "get_attr") and node.target == target:
-            return node.name
-    return None
+    return next((n.name for n in graph.nodes if n.op in ("call_module", "get_attr") and n.target == target), None)
 
 
 # ---- entry point ----------------------------------------------------------------------------------------
