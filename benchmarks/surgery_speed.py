@@ -24,6 +24,7 @@ import argparse
 import copy
 import gc
 import json
+import signal
 import statistics
 import subprocess
 import sys
@@ -37,7 +38,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "benchmarks")]
 
-from common import machine, write_json  # noqa: E402
+from common import RESULTS, machine, write_json  # noqa: E402
 from tv import import_torchvision  # noqa: E402
 
 import cgap_graph as cg  # noqa: E402
@@ -120,6 +121,22 @@ def masked_vs_shrunk(model, shape) -> tuple[float, bool]:
     return float((a - b).abs().max() / max(1e-12, float(a.abs().max()))), bool(rep.inexact)
 
 
+TOOL_LIMIT = 300  # seconds a single Torch-Pruning run may take before it is recorded as timed out
+
+
+def _with_limit(fn, seconds: int):
+    """Run ``fn`` with a SIGALRM limit (Torch-Pruning on Swin-T ran for over 10 minutes)."""
+    def stop(*_):
+        raise TimeoutError(f"over {seconds} s")
+    old = signal.signal(signal.SIGALRM, stop)
+    signal.alarm(seconds)
+    try:
+        return fn()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
 def measure(name: str, repeats: int) -> dict:
     warnings.filterwarnings("ignore")
     model, shape = build(name)
@@ -142,7 +159,7 @@ def measure(name: str, repeats: int) -> dict:
             try:
                 if key == "tp_prune":
                     m = copy.deepcopy(model)
-                    times[key].append(timed(lambda m=m: tp_prune(m, example)))
+                    times[key].append(_with_limit(lambda m=m: timed(lambda: tp_prune(m, example)), TOOL_LIMIT))
                 else:
                     times[key].append(timed(fn))
             except Exception as exc:  # a tool that cannot handle the model: recorded, not fatal
@@ -189,6 +206,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--models", default=None, help="comma-separated subset")
+    p.add_argument("--append", action="store_true", help="keep the saved rows of the models not in --models")
     p.add_argument("--quick", action="store_true", help="two zoo models, one repeat: checks the script runs")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -199,6 +217,8 @@ def main() -> None:
     if args.quick:
         names, args.repeats = ["resnet56", "vit"], 1
     rows = []
+    if args.append and (RESULTS / "surgery_speed.json").exists():  # keep the rows of models not re-run
+        rows = [r for r in json.loads((RESULTS / "surgery_speed.json").read_text())["rows"] if r["model"] not in names]
     for name in names:
         row = measure(name, args.repeats)
         rows.append(row)
@@ -243,7 +263,6 @@ def markdown(result: dict) -> str:
 
 if __name__ == "__main__":
     if sys.argv[1:] == ["--show"]:
-        from common import RESULTS
         print(markdown(json.loads((RESULTS / "surgery_speed.json").read_text())))
     else:
         main()
