@@ -19,9 +19,16 @@ def is_kept_stats_note(note: str) -> bool:
     return any(m in note for m in KEPT_STATS_MARKS)
 
 
+# a norm's bias leaves removed channels at a constant the prune pass folds into the reader's bias:
+# the shrunk model still equals the kept-statistics reference (where removed channels read as absent)
+FOLDED_MARK = "where masking leaves a non-zero constant (the prune pass folds it"
+
+
 def kept_stats_exact(prune_notes: list[str]) -> bool:
-    """Removal changes only norm statistics: exact against kept-channel statistics."""
-    return bool(prune_notes) and all(is_kept_stats_note(n) for n in prune_notes)
+    """Removal changes only norm statistics (and constants the prune pass folds): exact against
+    kept-channel statistics."""
+    return (any(is_kept_stats_note(n) for n in prune_notes)
+            and all(is_kept_stats_note(n) or FOLDED_MARK in n for n in prune_notes))
 
 
 def note_parts(prune_notes: list[str], grow_notes: list[str]) -> list[str]:
