@@ -92,6 +92,8 @@ def job_table(args) -> dict[str, tuple[str, list[str], dict]]:
         tried |= {"try_late_s0": {"prune_start": 0.5, "prune_end": 0.8}, "try_norestart_s0": {"restart_lr": None}}
     for name, over in tried.items():
         jobs[name] = ("cgap", [], {"seed": 0, "over": over})
+    for k in args.seeds[1:]:  # the variant that won on seed 0, confirmed on the other seeds
+        jobs[f"try_keepconv_s{k}"] = ("cgap", [], {"seed": k, "over": tried["try_keepconv_s0"]})
     # equal total epochs (a baseline of half the epochs + fine-tuning) and equal training FLOPs
     # (a baseline of ``flops_epochs``, whose training costs about what a CGaP run costs)
     for k in args.equal_seeds:
@@ -236,7 +238,8 @@ METHODS = [("baseline", "LeNet5-Baseline", "base{E}_s"), ("cgap", "CGaP", "cgap_
            ("taylore", "Taylor, equal total epochs", "taylore_s"),
            ("alg3f", "Algorithm 3, equal training FLOPs", "alg3f_s"),
            ("taylorf", "Taylor, equal training FLOPs", "taylorf_s"),
-           ("rand", "CGaP, random growth (Fig. 7)", "rand_s")]
+           ("rand", "CGaP, random growth (Fig. 7)", "rand_s"),
+           ("keepconv", "CGaP, per-layer rates that keep filters", "try_keepconv_s")]
 
 
 def markdown(rows: list[dict]) -> str:
