@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from cgap_graph import zoo
 
 
 class Conv1dNet(nn.Module):
@@ -355,3 +358,11 @@ MODELS = {
     "permute_channels_last": (ConvNeXtBlockNet, (1, 3, 8, 8), torch.float32),
     "return_features_default": (ReturnFeaturesNet, (1, 3, 8, 8), torch.float32),
 }
+
+
+def zoo_and_coupling_cases():
+    """pytest params over every zoo model and every model above: ``(kind, name)``."""
+    for name in zoo.names():
+        yield pytest.param(("zoo", name), id=f"zoo-{name}")
+    for name in MODELS:
+        yield pytest.param(("coupling", name), id=name)

@@ -21,7 +21,7 @@ structure does not depend on it) so the suite stays fast; benchmarks use full wi
 import numpy as np
 import pytest
 import torch
-from coupling_models import MODELS
+from coupling_models import MODELS, zoo_and_coupling_cases
 
 import cgap_graph as cg
 from cgap_graph import zoo
@@ -44,10 +44,7 @@ ALLOWED_MISSING = {
 
 
 def _cases():
-    for name in zoo.names():
-        yield pytest.param(("zoo", name), id=f"zoo-{name}")
-    for name in MODELS:
-        yield pytest.param(("coupling", name), id=name)
+    return zoo_and_coupling_cases()
 
 
 def _build(case):

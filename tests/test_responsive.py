@@ -5,7 +5,7 @@ head (torchvision ViT's) no longer makes the output exactly zero."""
 
 import pytest
 import torch
-from coupling_models import MODELS
+from coupling_models import MODELS, zoo_and_coupling_cases
 from norm_models import MODELS as NORM_MODELS
 from torch import nn
 
@@ -17,10 +17,7 @@ MIN_SENSITIVITY = 1e-3
 
 
 def _cases():
-    for name in zoo.names():
-        yield pytest.param(("zoo", name), id=f"zoo-{name}")
-    for name in MODELS:
-        yield pytest.param(("coupling", name), id=name)
+    yield from zoo_and_coupling_cases()
     for name in NORM_MODELS:
         yield pytest.param(("norm", name), id=f"norm-{name}")
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from coupling_models import MODELS
+from coupling_models import MODELS, zoo_and_coupling_cases
 from torch import nn
 
 import cgap_graph as cg
@@ -58,10 +58,7 @@ def _state(model):
 
 
 def _cases():
-    for name in zoo.names():
-        yield pytest.param(("zoo", name), id=f"zoo-{name}")
-    for name in MODELS:
-        yield pytest.param(("coupling", name), id=name)
+    return zoo_and_coupling_cases()
 
 
 def _build(case):

@@ -50,15 +50,7 @@ def plot_compare(reports: Mapping[str, CostReport] | Mapping[str, Mapping[str, C
         ax.grid(axis="y", alpha=0.3)
     if schemes != [""]:
         axes[0].legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    out = Path(out_png)
-    try:
-        atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
-    finally:
-        plt.close(fig)
-    return out
+    return _save(fig, out_png, title)
 
 
 def plot_pareto(points: Mapping[str, tuple[float, CostReport]], out_png: str | Path,
@@ -84,6 +76,11 @@ def plot_pareto(points: Mapping[str, tuple[float, CostReport]], out_png: str | P
         ax.set_xlabel(xlabel)
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
+    return _save(fig, out_png, title)
+
+
+def _save(fig, out_png: str | Path, title: str | None) -> Path:
+    """Title, layout, an atomic PNG write, and the figure closed whatever happens."""
     if title:
         fig.suptitle(title)
     fig.tight_layout()
