@@ -22,6 +22,13 @@ recorded with its figure and time:
 - ``tp``: Torch-Pruning's MetaPruner at ratio 0.5 (L1 importance, the classifier ignored) runs
   and the pruned model's forward works.
 
+The two oracles (``grow``, ``masked``) run on a float64 copy: a responsive copy can be so
+sensitive that float32 rounding alone moves its output by more than the tolerance (EfficientNet-B1:
+a 1e-7 input change moves the output by 1.3e-3), so a float32 oracle would fail correct surgery.
+Their float32 figures (``rel_float32``) and each model's float32 noise floor (``float32_floor``,
+the output change from a 1e-7 relative input change) are recorded beside them. The ONNX stage
+exports the float32 model.
+
 Relative = max |a - b| / max |b|. Results are written after every model to
 benchmarks/results/coverage_torchvision.json (a partial sweep is a valid file).
 """
@@ -71,6 +78,7 @@ MIN_SENSITIVITY = 1e-3  # below this the output barely depends on the input: wei
 def build(name: str, device: str = "cpu") -> tuple[nn.Module, tuple[int, ...]]:
     tv = import_torchvision()
     kw = {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
+    torch.manual_seed(0)  # the builders initialise from the global generator: one model per name
     with torch.device(device):
         model = tv.models.get_model(name, weights=None, **kw)
     res = RESOLUTION.get(name, 224)
@@ -139,6 +147,7 @@ def _responsive(name: str, rec: dict):
     calibrate_norms(model, [torch.randn(2, *shape[1:], generator=g)])
     rec["sensitivity"] = input_sensitivity(model, [xa], [xb])
     rec["params"] = sum(p.numel() for p in model.parameters())
+    rec["float32_floor"] = _float32_floor(model, xa)
     rec["ok"] = rec["sensitivity"] > 0
     return model, shape, xa
 
@@ -150,13 +159,24 @@ def _trace(model, shape, rec):
     return g
 
 
-def _grow(model, shape, x, rec):
-    g = cg.trace(model, shape)
+def _float32_floor(model, x) -> float:
+    """Output change (relative) from a float32-rounding-sized input change (1e-7): a float32
+    oracle cannot resolve less than this, which is why the oracles run in float64."""
+    g = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        ref = model(x)
-        rep = grow(g, saliency(g, mode="magnitude"), 0.6, init="preserve")
-        rec["grown_groups"], rec["skipped_groups"] = len(rep.picked), len(rep.skipped)
-        rec["rel"] = rel(g.module.eval()(x), ref)
+        return rel(model(x * (1 + 1e-7 * torch.randn(x.shape, generator=g))), model(x))
+
+
+def _grow(model, shape, x, rec):
+    """Preserve growth in float64 (the oracle), its float32 figure beside it."""
+    for dtype, key in ((torch.float32, "rel_float32"), (torch.float64, "rel")):
+        m = copy.deepcopy(model).to(dtype)
+        g = cg.trace(m, shape, input_dtype=dtype)
+        with torch.no_grad():
+            ref = m(x.to(dtype))
+            rep = grow(g, saliency(g, mode="magnitude"), 0.6, init="preserve")
+            rec["grown_groups"], rec["skipped_groups"] = len(rep.picked), len(rep.skipped)
+            rec[key] = rel(g.module.eval()(x.to(dtype)), ref)
     rec["ok"] = rec["rel"] <= TOL
 
 
@@ -177,7 +197,14 @@ def _masked(model, shape, x, shrunk, rep, rec):
     with torch.no_grad():
         out = shrunk.module.eval()(x)
         rec["rel_plain"] = rel(masked.module.eval()(x), out)
-        rec["rel"] = rel(kept_stats_reference(masked, rep.removed, [x]), out)
+        rec["rel_float32"] = rel(kept_stats_reference(masked, rep.removed, [x]), out)
+    # the oracle in float64: the same units removed from a float64 copy
+    m64, x64 = copy.deepcopy(model).double(), x.double()
+    shrunk64, masked64 = (cg.trace(m64, shape, input_dtype=torch.float64) for _ in range(2))
+    remove_units(shrunk64, rep.removed)
+    remove_units(masked64, rep.removed, shrink=False)
+    with torch.no_grad():
+        rec["rel"] = rel(kept_stats_reference(masked64, rep.removed, [x64]), shrunk64.module.eval()(x64))
     rec["ok"] = rec["rel"] <= TOL
 
 
@@ -303,6 +330,8 @@ def main() -> None:
     p.add_argument("--name", default="coverage_torchvision", help="results file name")
     p.add_argument("--tp-timeout", type=int, default=300, help="seconds per model for Torch-Pruning")
     p.add_argument("--show", action="store_true", help="print the table of the existing results file only")
+    p.add_argument("--update", action="store_true",
+                   help="re-run --models and replace their rows in the existing results file")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--part", default="ours", help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
@@ -321,9 +350,18 @@ def main() -> None:
     rows: list[dict] = []
     result = {"machine": machine(), "tolerance": TOL, "skip_onnx": args.skip_onnx,
               "skipped_largest": [n for n, _ in sized[keep:]], "rows": rows}
+    if args.update:
+        result = json.loads((ROOT / "benchmarks" / "results" / f"{args.name}.json").read_text())
+        rows = result["rows"]
+        result.setdefault("updated", []).append({"models": names, "machine": machine()})
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
         for row in pool.map(lambda n: run_one(n, args.skip_onnx, args.timeout, args.tp_timeout), names):
-            rows.append(row)
+            row["run_at"] = time.strftime("%Y-%m-%d %H:%M")
+            at = next((i for i, r in enumerate(rows) if r["model"] == row["model"]), None)
+            if at is None:
+                rows.append(row)
+            else:
+                rows[at] = row
             result["summary"] = summary(rows, args.skip_onnx)
             write_json(args.name, result)
             print(row["model"], row["status"], {s: passed(row, s) for s in STAGES}, flush=True)

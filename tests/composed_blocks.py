@@ -84,8 +84,7 @@ class TokenMlp(nn.Module):
 
 
 BLOCKS = ["mlp_ln", "mlp_rms", "mlp_fln", "attn", "attn_bias", "split_concat", "slice", "pool_mixer", "token_mlp"]
-# a Linear over tokens with a bias: known to mismatch silently (see test_property_blocks.py)
-HOLDING = [b for b in BLOCKS if b != "token_mlp"]
+
 
 
 def block(kind: str, d: int, heads: int) -> nn.Module:

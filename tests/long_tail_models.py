@@ -262,6 +262,22 @@ class MetaFormerNet(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
+class RuntimeSplitNet(nn.Module):
+    """Split sizes computed from the tensor at run time, ``x.split([k, x.shape[-1] - k])`` (a
+    partial-channel mixer in the FasterNet / MetaFormer style)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed, self.k = nn.Linear(6, 16), 6
+        self.mix = nn.Linear(self.k, self.k)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        x = self.embed(x)
+        a, b = x.split([self.k, x.shape[-1] - self.k], -1)
+        return self.head(torch.cat([F.relu(self.mix(a)), b], -1).mean(1))
+
+
 MODELS = {
     "window_attention": (WindowAttentionNet, (1, 3, 8, 8)),
     "rel_pos_bias": (RelPosBiasNet, (1, 3, 8, 8)),
@@ -272,6 +288,7 @@ MODELS = {
     "ghost": (GhostNet, (1, 3, 8, 8)),
     "weight_standardised": (WSConvNet, (1, 3, 8, 8)),
     "metaformer": (MetaFormerNet, (1, 3, 8, 8)),
+    "runtime_split": (RuntimeSplitNet, (1, 5, 6)),
 }
 
 

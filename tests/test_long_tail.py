@@ -88,7 +88,7 @@ def test_stream_pruned_alone_keeps_scale_and_reshape(name):
 
 
 @pytest.mark.parametrize("name", ["window_attention", "rel_pos_bias", "cosine_window", "head_mask", "patch_merging",
-                                  "ghost"])
+                                  "ghost", "runtime_split"])
 def test_every_group_masked_equals_shrunk(name):
     model, shape = build(name)
     g = cg.trace(model, shape)
@@ -102,6 +102,18 @@ def test_every_group_masked_equals_shrunk(name):
         assert rel <= REL, f"{name} group {grp.id} ({grp.status()}): masked vs shrunk {rel:.2e}"
         checked += 1
     assert checked >= 2
+
+
+def test_runtime_split_sizes_rewritten_and_grow_exact():
+    """``x.split([k, x.shape[-1] - k])``: every piece is resizable (the sizes argument is rewritten
+    to the new widths) and preserve growth leaves the output unchanged."""
+    model, shape = build("runtime_split")
+    g = cg.trace(model, shape)
+    pieces = [grp for grp in g.groups if grp.resizable]
+    assert len(pieces) == 3, [grp.status() for grp in g.groups]
+    for grp in pieces:
+        sel = {grp.id: list(range(grp.width)) + [0, 1]}
+        assert preserve_growth_diff(model, shape, sel) / _scale(model, shape) <= REL
 
 
 def test_qkv_unbind_heads_and_head_dim_resizable():

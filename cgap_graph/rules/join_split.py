@@ -179,7 +179,9 @@ def _split_channels(an, op):
             pieces = _pieces(an, x, d, sizes)
             for i, p in enumerate(pieces):
                 an.const((*path, i), p, "width")
-        elif isinstance(raw, int):
+        elif isinstance(raw, (int, list, tuple)):
+            # an int section size, or sizes computed at run time (``[k, x.shape[-1] - k]``): the
+            # whole argument is rewritten to the pieces' new widths, on purpose
             pieces = _pieces(an, x, d, sizes)
             an.const(path, tuple(pieces), "sections")
         else:

@@ -94,6 +94,20 @@ def note_nonzero_input(an, x: TInfo, c) -> None:
                    "folds it into the bias of a Linear or unpadded conv)", grow=False)
 
 
+def passthrough_keeps_zero(an, x: TInfo, passthrough, has_bias: bool) -> bool:
+    """Whether channels that a layer carries through untouched (a Linear over tokens maps
+    ``(.., C, T) -> (.., C, T')``: C passes through) stay zero when masked: only if they arrive
+    zero and no bias is added to them (the bias lands on every position, masked ones too)."""
+    spaced = [e for e in passthrough if an.spaces_in(e)]
+    if not spaced:
+        return True
+    if has_bias:
+        for e in spaced:
+            an.note(e, f"{an.where()} adds its bias to these channels, which pass through it: a removed "
+                       "channel carries that bias on (position-dependent, not folded)", grow=False)
+    return x.keeps_zero and not has_bias
+
+
 def _freeze_spatial(an, x: TInfo, start: int) -> None:
     for d in range(start, x.ndim):
         if x.exprs[d][0] != "F":
@@ -144,7 +158,7 @@ def conv_channels(an, node, x: TInfo, key: str, wkey: str, bkey: str | None, gro
         an.attr(key, "out_channels", out_c)
     out_shape = node.meta["shape"]
     exprs = list(x.exprs[:cdim]) + [out_c] + [("F", s) for s in out_shape[cdim + 1:]]
-    return TInfo(tuple(exprs), True, out_shape)
+    return TInfo(tuple(exprs), passthrough_keeps_zero(an, x, x.exprs[:cdim], bkey is not None), out_shape)
 
 
 def _conv_mod_channels(an, op):
@@ -167,7 +181,8 @@ def _linear_mod_channels(an, op):
         an.unify(out_c, an.pspace(f"{key}.bias", 0, "produce", out_c))
     an.attr(key, "in_features", x.exprs[-1])
     an.attr(key, "out_features", out_c)
-    return TInfo((*x.exprs[:-1], out_c), True, node.meta["shape"])
+    keeps_zero = passthrough_keeps_zero(an, x, x.exprs[:-1], mod._parameters.get("bias") is not None)
+    return TInfo((*x.exprs[:-1], out_c), keeps_zero, node.meta["shape"])
 
 
 def _embedding_mod_channels(an, op):
@@ -207,7 +222,7 @@ def _f_linear_channels(an, op):
     out_c = w.exprs[0] if w.ndim == 2 else F1
     if isinstance(b, TInfo):
         an.unify(out_c, b.exprs[0])
-    keeps_zero = w.keeps_zero
+    keeps_zero = w.keeps_zero and passthrough_keeps_zero(an, x, x.exprs[:-1], b is not None)
     return TInfo((*x.exprs[:-1], *((out_c,) if w.ndim == 2 else ())), keeps_zero, node.meta["shape"])
 
 

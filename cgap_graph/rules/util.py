@@ -28,7 +28,7 @@ def v(x: Any) -> Any:
     t = type(x)
     if t is SymValue or t is SizeV:
         return x.value
-    if t is list or t is tuple or t is SymShape or isinstance(x, torch.Size):
+    if t is list or t is tuple or t is SymShape or isinstance(x, (torch.Size, list)):  # fx's immutable_list
         return [v(a) for a in x]
     return x
 
