@@ -1,7 +1,7 @@
 """Coverage sweep over torchvision's classification models, ours beside Torch-Pruning (issue 16).
 
     OMP_NUM_THREADS=1 python benchmarks/coverage_torchvision.py [--models a,b] [--skip-onnx]
-        [--jobs 1] [--timeout 900] [--tp-timeout 300] [--skip-largest 10]
+        [--jobs 1] [--timeout 900] [--tp-timeout 300] [--skip-largest 10] [--update [--onnx-only]]
 
 Every model runs in its own subprocess (a crash or a hang costs one model), at 224x224 (299 for
 Inception v3), on a copy made responsive first (``verify.make_responsive``: norm statistics and
@@ -239,6 +239,11 @@ def worker(name: str, out: Path, skip_onnx: bool, part: str) -> None:
     if part == "tp":
         r.stage("tp", lambda rec: _tp(model, x, rec))
         return
+    if part == "onnx":  # the export alone, of the same pruned model
+        pr = r.stage("prune", lambda rec: _prune(model, shape, x, rec))
+        if pr is not None:
+            r.stage("onnx", lambda rec: _onnx(pr[0], shape, rec))
+        return
     g = r.stage("trace", lambda rec: _trace(model, shape, rec))
     if g is not None:
         r.stage("grow", lambda rec: _grow(model, shape, x, rec))
@@ -250,8 +255,10 @@ def worker(name: str, out: Path, skip_onnx: bool, part: str) -> None:
 
 
 # ---- the driver -------------------------------------------------------------------------------
-def run_one(name: str, skip_onnx: bool, timeout: int, tp_timeout: int) -> dict:
+def run_one(name: str, skip_onnx: bool, timeout: int, tp_timeout: int, onnx_only: bool = False) -> dict:
     """Ours, then Torch-Pruning, each in its own subprocess and time limit."""
+    if onnx_only:
+        return run_part(name, False, timeout, "onnx")
     row = run_part(name, skip_onnx, timeout, "ours")
     tp = run_part(name, skip_onnx, tp_timeout, "tp")
     row["stages"]["tp"] = tp["stages"].get("tp", {"ok": False, "error": tp["status"]})
@@ -332,6 +339,8 @@ def main() -> None:
     p.add_argument("--show", action="store_true", help="print the table of the existing results file only")
     p.add_argument("--update", action="store_true",
                    help="re-run --models and replace their rows in the existing results file")
+    p.add_argument("--onnx-only", action="store_true",
+                   help="with --update: run only the ONNX stage (of the same pruned model) and merge it into each row")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--part", default="ours", help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
@@ -353,20 +362,27 @@ def main() -> None:
     if args.update:
         result = json.loads((ROOT / "benchmarks" / "results" / f"{args.name}.json").read_text())
         rows = result["rows"]
-        result.setdefault("updated", []).append({"models": names, "machine": machine()})
+        result.setdefault("updated", []).append({"models": names, "machine": machine(), "onnx_only": args.onnx_only})
+        result["skip_onnx"] = result["skip_onnx"] and (args.skip_onnx or not args.onnx_only)
+    elif args.onnx_only:
+        sys.exit("--onnx-only merges into an existing results file: add --update")
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        for row in pool.map(lambda n: run_one(n, args.skip_onnx, args.timeout, args.tp_timeout), names):
+        for row in pool.map(lambda n: run_one(n, args.skip_onnx, args.timeout, args.tp_timeout, args.onnx_only),
+                            names):
             row["run_at"] = time.strftime("%Y-%m-%d %H:%M")
             at = next((i for i, r in enumerate(rows) if r["model"] == row["model"]), None)
             if at is None:
                 rows.append(row)
+            elif args.onnx_only:  # the other stages stay as they were measured
+                rows[at]["stages"]["onnx"] = row["stages"].get("onnx", {"ok": False, "error": row["status"]})
+                rows[at]["onnx_status"], rows[at]["onnx_run_at"] = row["status"], row["run_at"]
             else:
                 rows[at] = row
-            result["summary"] = summary(rows, args.skip_onnx)
+            result["summary"] = summary(rows, result["skip_onnx"])
             write_json(args.name, result)
             print(row["model"], row["status"], {s: passed(row, s) for s in STAGES}, flush=True)
-    print_table(rows, args.skip_onnx)
-    print(markdown(rows, args.skip_onnx))
+    print_table(rows, result["skip_onnx"])
+    print(markdown(rows, result["skip_onnx"]))
     print(f"wrote {write_json(args.name, result)}")
 
 
