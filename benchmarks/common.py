@@ -34,7 +34,19 @@ def machine() -> dict:
         "cpu_threads": torch.get_num_threads(),
         "cores": os.cpu_count(),
         "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # float rounding follows the vector width
     }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 def write_json(name: str, data: dict, quick: bool = False) -> Path:

@@ -332,6 +332,9 @@ def main(argv=None) -> int:
             torch.backends.cudnn.benchmark = True
             torch.set_float32_matmul_precision("high")
         cl = args.channels_last == "on" or (args.channels_last == "auto" and device.type == "cuda")
+        if device.type == "cpu" and args.bf16 and cl and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            raise CgapError("--bf16 with --channels-last on: this CPU has no native bf16 and PyTorch's backward "
+                            "crashes on that combination here; drop one of them (or use --device cuda)")
         opts = FastOptions(device, bf16=args.bf16, channels_last=cl, batch_size=args.batch_size)
         for m in args.models:  # every setting checked before anything trains
             spec_cgap(args, m), spec_pruning_only(args, m, {"epochs": 0, "accuracy": 0, "params": 0}, None)

@@ -207,3 +207,22 @@ def test_random_growth_keep_zeros_and_restart(tmp_path):
     zeros = sum(int((v == 0).sum()) for k, v in sd.items() if k.endswith("weight") and v.dim() >= 2)
     total = sum(v.numel() for k, v in sd.items() if k.endswith("weight") and v.dim() >= 2)
     assert zeros >= 0.1 * total, (zeros, total)  # (without keep_zeros: next to none are exactly 0)
+
+
+def test_resumed_optimizer_state_follows_the_parameters():
+    """A checkpoint loads on the CPU; the restored momentum must sit on each parameter's device
+    and dtype (a CPU buffer beside CUDA parameters fails the first step of a resumed GPU run).
+    The meta device and float64 stand in for a GPU here."""
+    from cgap_graph.run.checkpoint import named_state, restore_state
+
+    model = torch.nn.Linear(4, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    saved = named_state(opt, model)
+    for target in (model.to("meta"), torch.nn.Linear(4, 3).double()):
+        opt2 = torch.optim.SGD(target.parameters(), lr=0.1, momentum=0.9)
+        restore_state(opt2, target, saved)
+        for p in target.parameters():
+            buf = opt2.state[p]["momentum_buffer"]
+            assert (buf.device, buf.dtype) == (p.device, p.dtype)

@@ -40,7 +40,7 @@ def demo(
     def body():
         check_number("epochs", epochs, 1, 1000)
         threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # the same figures on every machine: float sums do not depend on threads
+        torch.set_num_threads(1)  # same figures on any thread count (other vector widths round differently)
         try:
             _run(epochs, out, overwrite)
         finally:

@@ -36,12 +36,24 @@ def named_state(opt: torch.optim.Optimizer, model: torch.nn.Module) -> dict[str,
 
 
 def restore_state(opt: torch.optim.Optimizer, model: torch.nn.Module, saved: dict[str, Any]) -> None:
+    """Put saved optimizer state back, on each parameter's device: a checkpoint loads on the CPU,
+    and a momentum buffer left there fails the first step of a resumed ``--device cuda`` run.
+    Floating-point state takes the parameter's dtype too; ``step`` counters stay as saved (what
+    ``Optimizer.load_state_dict`` does)."""
     params = dict(model.named_parameters())
     for group, sg in zip(opt.param_groups, saved["groups"]):
         group.update({k: v for k, v in sg.items() if k != "params"})
     for name, st in saved["state"].items():
         if name in params:
-            opt.state[params[name]] = st
+            opt.state[params[name]] = {k: _like(v, params[name], k) for k, v in st.items()}
+
+
+def _like(value: Any, param: torch.Tensor, key: str) -> Any:
+    if not isinstance(value, torch.Tensor) or key == "step":
+        return value
+    if value.is_floating_point():
+        return value.to(device=param.device, dtype=param.dtype)
+    return value.to(device=param.device)
 
 
 def load_checkpoint(path: Path, out: Path) -> dict[str, Any]:
