@@ -22,10 +22,10 @@ _WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspo
              nn.Linear)
 
 
-def _he_(p: torch.Tensor, g: torch.Generator) -> None:
+def _he_(p: torch.Tensor, g: torch.Generator, gain: float = 1.0) -> None:
     fan_in = max(1, p[0].numel()) if p.dim() >= 2 else max(1, p.numel())
     std = math.sqrt(2.0 / fan_in) if p.dim() >= 2 else 0.1
-    p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * std)
+    p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * (std * gain))
 
 
 def calibration_batch(input_shape: Sequence[int], dtype: torch.dtype = torch.float32, batch: int = 4,
@@ -40,13 +40,15 @@ def calibration_batch(input_shape: Sequence[int], dtype: torch.dtype = torch.flo
 
 @torch.no_grad()
 def make_responsive(model: nn.Module, seed: int = 0, he_all: bool = False, input_shape: Sequence[int] | None = None,
-                    input_dtype: torch.dtype = torch.float32) -> nn.Module:
+                    input_dtype: torch.dtype = torch.float32, he_gain: float = 1.0) -> nn.Module:
     """``model`` (changed in place and returned): norm statistics and affine parameters
     randomised, all-zero parameters re-initialised, and with ``he_all`` every conv/linear weight
     re-drawn from He initialisation (for models whose initialisation is too small to respond).
     With ``input_shape``, BatchNorm statistics are then measured on a random batch of that shape
     (:func:`calibrate_norms`): random statistics that ignore the activations' scale let a deep
-    plain network (VGG) shrink its signal until the output is nearly constant."""
+    plain network (VGG) shrink its signal until the output is nearly constant. ``he_gain`` scales
+    the ``he_all`` draws: full He weights make a deep gated network (EfficientNet-B4 and up, with
+    squeeze-excitation) chaotic, so that float rounding alone moves its output by tens of percent."""
     randomize_norm_stats(model, seed)
     g = torch.Generator().manual_seed(seed + 1)
     for _, p in model.named_parameters():
@@ -55,7 +57,7 @@ def make_responsive(model: nn.Module, seed: int = 0, he_all: bool = False, input
     if he_all:
         for m in model.modules():
             if isinstance(m, _WEIGHTED):
-                _he_(m.weight, g)
+                _he_(m.weight, g, he_gain)
     if input_shape is not None:
         calibrate_norms(model, calibration_batch(input_shape, input_dtype, seed=seed), seed=seed)
     return model
