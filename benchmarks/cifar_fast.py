@@ -49,6 +49,12 @@ class FastOptions:
         return model
 
 
+def bf16_channels_last_safe(device: torch.device) -> bool:
+    """Whether bf16 autocast on channels-last tensors trains here: on a CPU without native bf16
+    (AVX2), PyTorch 2.13's backward segfaults on that combination."""
+    return device.type != "cpu" or bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def contiguous(model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> nn.Module:
     """Back to the standard layout before surgery (the passes index weights as flat views); the
     optimizer's state tensors too, which follow their channels through the surgery."""

@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cifar_fast import DeviceData, FastOptions  # noqa: E402
+from cifar_fast import DeviceData, FastOptions, bf16_channels_last_safe  # noqa: E402
 from common import machine  # noqa: E402
 from table4_run import RunSpec, run  # noqa: E402
 
@@ -332,7 +332,7 @@ def main(argv=None) -> int:
             torch.backends.cudnn.benchmark = True
             torch.set_float32_matmul_precision("high")
         cl = args.channels_last == "on" or (args.channels_last == "auto" and device.type == "cuda")
-        if device.type == "cpu" and args.bf16 and cl and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        if args.bf16 and cl and not bf16_channels_last_safe(device):
             raise CgapError("--bf16 with --channels-last on: this CPU has no native bf16 and PyTorch's backward "
                             "crashes on that combination here; drop one of them (or use --device cuda)")
         opts = FastOptions(device, bf16=args.bf16, channels_last=cl, batch_size=args.batch_size)

@@ -23,7 +23,7 @@ needs_cifar = pytest.mark.skipif(not CIFAR.exists(), reason="CIFAR-10 not in $CG
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import table4_cifar10  # noqa: E402
-from cifar_fast import DeviceData, FastOptions, contiguous, crop_flip  # noqa: E402
+from cifar_fast import DeviceData, FastOptions, bf16_channels_last_safe, contiguous, crop_flip  # noqa: E402
 from table4_run import RunSpec, run  # noqa: E402
 
 import cgap_graph  # noqa: E402
@@ -171,7 +171,7 @@ def test_gpu_path_grows_and_prunes_channels_last_bf16(tmp_path):
     On a CPU without native bf16 (AVX2), PyTorch 2.13's backward segfaults under bf16 autocast on
     channels-last tensors (and fp32 channels-last backward crawls), so there the run keeps the
     standard layout; ``test_channels_last_model_computes_the_same`` covers the layout itself."""
-    cl = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    cl = bf16_channels_last_safe(torch.device("cpu"))
     cfg = TrainConfig(epochs=3, batch_size=32, f_growth=1.0, tau_accu=0.0, prune_start=0.67, prune_end=0.67,
                       gamma_w=0.5, saliency_batches=1)
     g = cgap_graph.trace(zoo.build("resnet20", width=0.25), (1, 3, 32, 32))
