@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import machine, write_json  # noqa: E402
+from common import RESULTS, machine, write_json  # noqa: E402
 from table1_lenet5_mnist import HAN_RATES, _taylor_prune  # noqa: E402
 
 import cgap_graph as cg  # noqa: E402
@@ -89,7 +89,14 @@ def job_table(args) -> dict[str, tuple[str, list[str], dict]]:
              "try_keepzeros_s0": {"keep_zeros": True},
              "try_keepconv_s0": {"gamma_w_layers": {"conv1": 0.2, "conv2": 0.5, "fc1": 0.95, "fc2": 0.81}}}
     if args.more_tries:
-        tried |= {"try_late_s0": {"prune_start": 0.5, "prune_end": 0.8}, "try_norestart_s0": {"restart_lr": None}}
+        keep = tried["try_keepconv_s0"]["gamma_w_layers"]
+        tried |= {"try_late_s0": {"prune_start": 0.5, "prune_end": 0.8}, "try_norestart_s0": {"restart_lr": None},
+                  # growth that leaves the outputs unchanged (no accuracy dip after each growth step)
+                  "try_preserve_s0": {"init": "preserve"},
+                  # pruning over by half-way: 15 epochs of fine-tuning, as long as the pruning-only rows'
+                  "try_short_s0": {"prune_end": 0.5},
+                  "try_keepshort_s0": {"prune_end": 0.5, "gamma_w_layers": keep},
+                  "try_keeppreserve_s0": {"init": "preserve", "gamma_w_layers": keep}}
     for name, over in tried.items():
         jobs[name] = ("cgap", [], {"seed": 0, "over": over})
     for k in args.seeds[1:]:  # the variant that won on seed 0, confirmed on the other seeds
@@ -298,9 +305,26 @@ def table(args) -> None:
                                                                               "seed_params", "peak_params")}
     for n, r in extra.items():
         console.print(f"{n}: {100 * r['accuracy']:.2f}% at {r['params']:,} params, {r['flops'] / 1e6:.3f}M FLOPs")
+    rows, extra = _keep_previous(args, rows, extra)
     result = {"machine": machine(), "epochs": args.epochs, "half_epochs": half, "target": args.target,
               "rows": rows, "single_runs": extra, "paper": PAPER}
     print(f"wrote {write_json('table1_study', result, args.quick)}")
+
+
+def _keep_previous(args, rows: list[dict], extra: dict) -> tuple[list[dict], dict]:
+    """Rows and single runs of the saved JSON that this output folder has no runs for (a study
+    resumed in a fresh checkout, or more tries run in another folder) are kept, not dropped."""
+    path = RESULTS / f"table1_study{'_quick' if args.quick else ''}.json"
+    if not path.exists():
+        return rows, extra
+    old = json.loads(path.read_text())
+    if old.get("epochs") != args.epochs:
+        return rows, extra
+    have = {r["method"] for r in rows}
+    order = [m for m, _, _ in METHODS]
+    merged = rows + [r for r in old.get("rows", []) if r["method"] not in have]
+    merged.sort(key=lambda r: order.index(r["method"]) if r["method"] in order else len(order))
+    return merged, {**old.get("single_runs", {}), **extra}
 
 
 def main() -> None:
@@ -311,7 +335,8 @@ def main() -> None:
                    help="seeds of the equal-epochs and equal-FLOPs pruning-only comparisons")
     p.add_argument("--flops-epochs", type=int, default=5,
                    help="baseline epochs of the equal-training-FLOPs comparison (~ a CGaP run's training FLOPs)")
-    p.add_argument("--more-tries", action="store_true", help="also the later pruning window and no lr restart")
+    p.add_argument("--more-tries", action="store_true",
+                   help="also: a later or shorter pruning window, no lr restart, function-preserving growth")
     p.add_argument("--seed-width", type=float, default=0.25)
     p.add_argument("--target", type=int, default=7900, help="CGaP's parameter target (the paper's row: 8K)")
     p.add_argument("--tau-accu", type=float, default=0.985)
