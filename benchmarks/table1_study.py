@@ -196,8 +196,7 @@ def schedule(args) -> None:
     base_cmd = [sys.executable, __file__, "--epochs", str(args.epochs), "--out", str(args.out),
                 "--seeds", ",".join(map(str, args.seeds)), "--target", str(args.target),
                 "--equal-seeds", ",".join(map(str, args.equal_seeds)), "--flops-epochs", str(args.flops_epochs)]
-    if args.quick:
-        base_cmd.append("--quick")
+    base_cmd += ["--quick"] * args.quick + ["--more-tries"] * args.more_tries
     todo = [n for n in todo if n not in external]
     while todo or running or external:
         for n in list(external):

@@ -19,13 +19,16 @@ from cgap_graph.ir.tracer import _ORIG_CALL, _ORIG_GETATTR, Tracer, _patched_cal
 from cgap_graph.rules.registry import TSpec
 
 
-def trace_module(model: nn.Module, input_specs: Sequence[TSpec], leaf_modules: Sequence[Any] = ()) -> Traced:
-    """Trace ``model`` called on tensors described by ``input_specs``; see module docstring."""
+def trace_module(model: nn.Module, input_specs: Sequence[TSpec], leaf_modules: Sequence[Any] = (),
+                 guard_state: bool = True) -> Traced:
+    """Trace ``model`` called on tensors described by ``input_specs``; see module docstring.
+    ``guard_state=False`` skips the state guard, for a caller that knows no module's Python
+    code runs (the re-trace of a working module made only of built-in layers)."""
     import torch.fx._symbolic_trace as fx_st
 
     opaque: dict[str, str] = {}
     leaves = list(leaf_modules)
-    guard = StateGuard(model)
+    guard = StateGuard(model) if guard_state else None
     for _attempt in range(32):
         tr = Tracer(model, leaves)
         tr.opaque.update(opaque)
@@ -61,7 +64,7 @@ def trace_module(model: nn.Module, input_specs: Sequence[TSpec], leaf_modules: S
             nn.Module.__getattr__ = _ORIG_GETATTR
             state.tracer = prev
             fx_st._is_fx_tracing_flag = prev_flag
-            written = guard.restore()  # the user's model as it was (caches forward filled)
+            written = guard.restore() if guard else []  # the user's model as it was (caches forward filled)
         if failing is not None:
             mod_name, msg = failing
             if not mod_name:  # the model's own forward: nothing to fall back to
