@@ -99,8 +99,10 @@ def job_table(args) -> dict[str, tuple[str, list[str], dict]]:
                   "try_keeppreserve_s0": {"init": "preserve", "gamma_w_layers": keep}}
     for name, over in tried.items():
         jobs[name] = ("cgap", [], {"seed": 0, "over": over})
-    for k in args.seeds[1:]:  # the variant that won on seed 0, confirmed on the other seeds
+    for k in args.seeds[1:]:  # the variants that won on seed 0, confirmed on the other seeds
         jobs[f"try_keepconv_s{k}"] = ("cgap", [], {"seed": k, "over": tried["try_keepconv_s0"]})
+        if args.more_tries:
+            jobs[f"try_keepshort_s{k}"] = ("cgap", [], {"seed": k, "over": tried["try_keepshort_s0"]})
     # equal total epochs (a baseline of half the epochs + fine-tuning) and equal training FLOPs
     # (a baseline of ``flops_epochs``, whose training costs about what a CGaP run costs)
     for k in args.equal_seeds:
@@ -245,7 +247,8 @@ METHODS = [("baseline", "LeNet5-Baseline", "base{E}_s"), ("cgap", "CGaP", "cgap_
            ("alg3f", "Algorithm 3, equal training FLOPs", "alg3f_s"),
            ("taylorf", "Taylor, equal training FLOPs", "taylorf_s"),
            ("rand", "CGaP, random growth (Fig. 7)", "rand_s"),
-           ("keepconv", "CGaP, per-layer rates that keep filters", "try_keepconv_s")]
+           ("keepconv", "CGaP, per-layer rates that keep filters", "try_keepconv_s"),
+           ("keepshort", "CGaP, rates that keep filters, pruning over by half-way", "try_keepshort_s")]
 
 
 def markdown(rows: list[dict]) -> str:
