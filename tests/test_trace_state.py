@@ -144,3 +144,35 @@ def test_forward_cache_restored_and_reported():
             drop = rng.choice(grp.width, size=max(1, grp.width // 2), replace=False)
             diff = masked_vs_shrunk(model, (1, 16, 8), grp.id, drop, inputs=[x])
             assert diff <= 1e-5 * float(ref.abs().max()), f"group {grp.id}: {diff:.2e}"
+
+
+class CountingLeaf(nn.Module):
+    """A user layer kept as a leaf whose forward writes Python state (a call counter)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n = 0
+
+    def forward(self, x):
+        self.n += 1
+        return x * 2
+
+
+class CountingNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.count, self.b, self.c = nn.Conv2d(3, 8, 3), CountingLeaf(), nn.Conv2d(8, 8, 3), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.c(torch.relu(self.b(self.count(self.a(x)))))
+
+
+def test_validation_guards_state_only_where_user_code_runs():
+    from cgap_graph.surgery.validate import _only_builtin_layers
+    g = cg.trace(zoo.build("resnet20").eval(), zoo.input_shape("resnet20"))
+    assert _only_builtin_layers(g.module)  # the re-trace runs no user Python: no guard needed
+    g = cg.trace(CountingNet().eval(), (1, 3, 12, 12), leaf_modules=["count"])
+    assert not _only_builtin_layers(g.module)
+    # no folding probe (a real forward); the one run of the layer's code is the validation re-trace
+    rep = prune_units(g, saliency(g, mode="magnitude"), 0.5, fold=False)
+    assert rep.removed and g.module.get_submodule("count").n == 0
