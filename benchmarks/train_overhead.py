@@ -111,7 +111,10 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--train-limit", type=int, default=10000)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="2 epochs on 2,000 images: checks the script runs")
     args = p.parse_args()
+    if args.quick:
+        args.epochs, args.train_limit, args.repeats = 2, 2000, 1
     torch.set_num_threads(1)
     dataset = "mnist" if data.data_root() is not None else "mnist-mini"
     graph = graph_vs_eager(args.repeats)
