@@ -154,16 +154,20 @@ def _apply(cg: ChannelGraph, sel: dict[int, np.ndarray], new_tensors: dict[str, 
         undo.append(lambda m=mod, n=a.attr, o=old_v: setattr(m, n, o))
         setattr(mod, a.attr, type(old_v)(value) if isinstance(old_v, (tuple, list)) else value)
     nodes = {n.name: n for n in cg.graph.nodes}
+    before = len(undo)
     for c in an.const_slots:
         apply_const(c, nodes[c.node], t, touched, undo)
-    _sync(cg)
+    _sync(cg, recompile=len(undo) > before)
 
 
-def _sync(cg: ChannelGraph) -> None:
-    """Shapes on the graph, group widths and the module's code follow the widths."""
+def _sync(cg: ChannelGraph, recompile: bool = True) -> None:
+    """Shapes on the graph, group widths and the module's code follow the widths. The code
+    changes only where a graph constant was rewritten (``apply_const``): without one, the
+    generated code is the same and regenerating it (a third of a small model's edit) is skipped."""
     refresh_shapes(cg)
     cg.refresh_groups()
-    cg.module.recompile()
+    if recompile:
+        cg.module.recompile()
 
 
 def refresh_shapes(cg: ChannelGraph) -> None:

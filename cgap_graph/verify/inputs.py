@@ -11,12 +11,16 @@ from torch import nn
 from cgap_graph.ir.graph import ChannelGraph
 
 
-def random_inputs(cg: ChannelGraph, batch: int | None = None, seed: int = 0) -> list[torch.Tensor]:
-    """Random inputs of the traced shapes (``batch`` replaces dim 0 when given)."""
+def random_inputs(cg: ChannelGraph, batch: int | None = None, seed: int = 0,
+                  spatial: int | None = None) -> list[torch.Tensor]:
+    """Random inputs of the traced shapes (``batch`` replaces dim 0 when given; ``spatial``
+    caps the last two dims of floating inputs with at least 4 dims, for a cheap probe)."""
     g = torch.Generator().manual_seed(seed)
     out = []
     for spec in cg.input_specs:
-        shape = spec.shape if batch is None else (batch, *spec.shape[1:])
+        shape = tuple(spec.shape if batch is None else (batch, *spec.shape[1:]))
+        if spatial is not None and len(shape) >= 4 and spec.dtype.is_floating_point:
+            shape = (*shape[:-2], *(min(d, spatial) for d in shape[-2:]))
         if spec.dtype.is_floating_point:
             out.append(torch.randn(shape, generator=g, dtype=spec.dtype))
         else:

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.fx as fx
 from torch import nn
 
 from cgap_graph.ir.analysis import Slot
@@ -264,31 +263,38 @@ def _reader_inputs(cg: ChannelGraph) -> dict[str, torch.Tensor]:
     model accepts one (a fixed-size flatten or position embedding does not: then at full size).
     Channels that are not constant at the small size are not constant at the full one either.
     At full size one sample is enough (a constant channel is constant over every position of
-    it), which halves the probe of a ViT, where the position embedding fixes the size."""
+    it), which halves the probe of a ViT, where the position embedding fixes the size. The
+    probe runs the compiled module with pre-hooks on the called layers (cheaper than an
+    ``fx.Interpreter``); eval mode is set and put back flag by flag, as each layer had it."""
     gm = cg.module
     seen: dict[str, torch.Tensor] = {}
+    dev = next((p.device for p in gm.parameters()), torch.device("cpu"))  # probe where the model is (CUDA)
+    small = [t.to(dev) for t in random_inputs(cg, batch=2, seed=123, spatial=PROBE_SIZE)]
 
-    class Rec(fx.Interpreter):
-        def call_module(self, target, args, kwargs):
+    def record(target: str):
+        def hook(_mod, args):
             if args and isinstance(args[0], torch.Tensor):
                 seen[target] = args[0]
-            return super().call_module(target, args, kwargs)
+        return hook
 
-    dev = next((p.device for p in gm.parameters()), torch.device("cpu"))  # probe where the model is (CUDA)
-    full = [t.to(dev) for t in random_inputs(cg, batch=2, seed=123)]
-    small = [x[..., :PROBE_SIZE, :PROBE_SIZE] if x.dim() >= 4 and x.is_floating_point() else x for x in full]
-    was = gm.training
-    gm.eval()
+    targets = dict.fromkeys(n.target for n in cg.graph.nodes if n.op == "call_module")
+    hooks = [gm.get_submodule(t).register_forward_pre_hook(record(t)) for t in targets]
+    flags = [(m, m.training) for m in gm.modules()]
+    for m, _ in flags:
+        m.training = False
     try:
-        if any(a.shape != b.shape for a, b in zip(small, full)):
+        if any(x.shape[1:] != tuple(spec.shape[1:]) for x, spec in zip(small, cg.input_specs)):
             try:
-                Rec(gm).run(*small)
+                gm(*small)
                 return seen
             except Exception:  # the model needs its own input size
                 seen.clear()
-        Rec(gm).run(*[x[:1] if x.dim() else x for x in full])
+        gm(*[t.to(dev) for t in random_inputs(cg, batch=1, seed=123)])
     finally:
-        gm.train(was)
+        for h in hooks:
+            h.remove()
+        for m, was in flags:
+            m.training = was
     return seen
 
 
