@@ -96,13 +96,16 @@ def job_table(args) -> dict[str, tuple[str, list[str], dict]]:
                   # pruning over by half-way: 15 epochs of fine-tuning, as long as the pruning-only rows'
                   "try_short_s0": {"prune_end": 0.5},
                   "try_keepshort_s0": {"prune_end": 0.5, "gamma_w_layers": keep},
-                  "try_keeppreserve_s0": {"init": "preserve", "gamma_w_layers": keep}}
+                  "try_keeppreserve_s0": {"init": "preserve", "gamma_w_layers": keep},
+                  # as many epochs as the pruning-only rows (baseline + fine-tuning = 45 at --epochs 30)
+                  "try_keeplong_s0": {"gamma_w_layers": keep, "epochs": args.epochs + half}}
     for name, over in tried.items():
         jobs[name] = ("cgap", [], {"seed": 0, "over": over})
     for k in args.seeds[1:]:  # the variants that won on seed 0, confirmed on the other seeds
         jobs[f"try_keepconv_s{k}"] = ("cgap", [], {"seed": k, "over": tried["try_keepconv_s0"]})
         if args.more_tries:
             jobs[f"try_keepshort_s{k}"] = ("cgap", [], {"seed": k, "over": tried["try_keepshort_s0"]})
+            jobs[f"try_keeplong_s{k}"] = ("cgap", [], {"seed": k, "over": tried["try_keeplong_s0"]})
     # equal total epochs (a baseline of half the epochs + fine-tuning) and equal training FLOPs
     # (a baseline of ``flops_epochs``, whose training costs about what a CGaP run costs)
     for k in args.equal_seeds:
@@ -162,7 +165,7 @@ def run_job(args, name: str) -> dict:
         res = train_run(g.module, SHAPE, "mnist", out, cfg, reference_widths=rep.reference_widths,
                         progress=False, overwrite=True)
         peak = max(m["params"] for m in res.metrics)
-        return describe(out, res, time.perf_counter() - t, epochs=args.epochs, seed_params=seed_params,
+        return describe(out, res, time.perf_counter() - t, epochs=cfg.epochs, seed_params=seed_params,
                         peak_params=peak)
     base_dir, cgap_dir = (args.out / d for d in deps)
     base = json.loads((base_dir / "study.json").read_text())
@@ -248,7 +251,8 @@ METHODS = [("baseline", "LeNet5-Baseline", "base{E}_s"), ("cgap", "CGaP", "cgap_
            ("taylorf", "Taylor, equal training FLOPs", "taylorf_s"),
            ("rand", "CGaP, random growth (Fig. 7)", "rand_s"),
            ("keepconv", "CGaP, per-layer rates that keep filters", "try_keepconv_s"),
-           ("keepshort", "CGaP, rates that keep filters, pruning over by half-way", "try_keepshort_s")]
+           ("keepshort", "CGaP, rates that keep filters, pruning over by half-way", "try_keepshort_s"),
+           ("keeplong", "CGaP, rates that keep filters, as many epochs as pruning-only", "try_keeplong_s")]
 
 
 def markdown(rows: list[dict]) -> str:
