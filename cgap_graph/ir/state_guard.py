@@ -16,58 +16,87 @@ from typing import Any
 from torch import nn
 
 _MAX_DEPTH = 6  # nested containers deeper than this are kept by identity only
+_CONTAINERS = (dict, list, set, tuple)
 
 
-def _snap(obj: Any, depth: int, memo: dict[int, Any]) -> Any:
-    """A structural copy of ``obj``: ('dict'|'list'|'set'|'tuple', obj, items) or ('leaf', obj)."""
-    if depth > _MAX_DEPTH or id(obj) in memo or isinstance(obj, nn.Module):
-        return ("leaf", obj)
-    if isinstance(obj, dict):
-        memo[id(obj)] = obj
-        return ("dict", obj, [(k, _snap(v, depth + 1, memo)) for k, v in obj.items()])
-    if isinstance(obj, list):
-        memo[id(obj)] = obj
-        return ("list", obj, [_snap(v, depth + 1, memo) for v in obj])
-    if isinstance(obj, set):
-        return ("set", obj, list(obj))
-    if type(obj) is tuple:
-        return ("tuple", obj, [_snap(v, depth + 1, memo) for v in obj])
-    return ("leaf", obj)
+class _Snap:
+    """What a container held: its keys and values (the values kept alive, so their ids cannot
+    be reused), their ids for a C-speed identity check, the empty containers it held (a cache
+    forward fills; checked all at once with ``any``) and snapshots of the non-empty ones.
+    Leaves (numbers, strings, tensors, modules) cost no Python call."""
 
+    __slots__ = ("obj", "keys", "vals", "ids", "empty", "kids")
 
-def _same(snap: tuple) -> bool:
-    """Whether the object a snapshot was taken of still holds what it held."""
-    kind, obj = snap[0], snap[1]
-    if kind == "leaf":
-        return True
-    items = snap[2]
-    if kind == "dict":
-        return len(obj) == len(items) and all(
-            k in obj and obj[k] is s[1] and _same(s) for k, s in items)
-    if kind == "set":
-        return obj == set(items)
-    return len(obj) == len(items) and all(a is s[1] and _same(s) for a, s in zip(obj, items))
+    def __init__(self, obj: Any, depth: int, memo: dict[int, Any]) -> None:
+        self.obj = obj
+        if isinstance(obj, dict):
+            self.keys, self.vals = list(obj), list(obj.values())
+        else:
+            self.keys, self.vals = None, list(obj)
+        self.ids = list(map(id, self.vals))
+        self.empty, self.kids = [], []
+        if depth >= _MAX_DEPTH:
+            return
+        for i, v in enumerate(self.vals):
+            if isinstance(v, _CONTAINERS):
+                if not v:
+                    if not isinstance(v, tuple) and id(v) not in memo:
+                        memo[id(v)] = v
+                        self.empty.append(v)
+                elif (k := _snap(v, depth + 1, memo)) is not None:
+                    self.kids.append((i, k))
 
+    def same(self) -> bool:
+        """Whether the container (and every container it held) still holds what it held."""
+        obj = self.obj
+        if isinstance(obj, set):
+            return obj == set(self.vals)
+        if isinstance(obj, dict):
+            if list(obj) != self.keys or list(map(id, obj.values())) != self.ids:
+                return False
+        elif list(map(id, obj)) != self.ids:
+            return False
+        return not any(self.empty) and all(k.same() for _, k in self.kids)
 
-def _put_back(snap: tuple) -> Any:
-    """Restore the snapshot's object in place; returns that object."""
-    kind, obj = snap[0], snap[1]
-    if kind == "dict":
-        vals = [(k, _put_back(s)) for k, s in snap[2]]
-        if not _same(snap):
+    def put_back(self) -> None:
+        """Restore the container in place (tuples cannot change; their contents are restored)."""
+        for e in self.empty:
+            if e:
+                e.clear()
+        for _, k in self.kids:
+            k.put_back()
+        obj = self.obj
+        if isinstance(obj, tuple) or self.same():
+            return
+        if isinstance(obj, dict):
             obj.clear()
-            obj.update(vals)
-    elif kind == "list":
-        vals = [_put_back(s) for s in snap[2]]
-        if not _same(snap):
-            obj[:] = vals
-    elif kind == "set" and obj != set(snap[2]):
-        obj.clear()
-        obj.update(snap[2])
-    elif kind == "tuple":
-        for s in snap[2]:
-            _put_back(s)
-    return obj
+            obj.update(zip(self.keys, self.vals))
+        elif isinstance(obj, list):
+            obj[:] = self.vals
+        else:
+            obj.clear()
+            obj.update(self.vals)
+
+    def kid_changed(self, i: int) -> bool:
+        """Whether the container held at position ``i`` changed."""
+        v = self.vals[i]
+        for e in self.empty:
+            if e is v:
+                return bool(e)
+        return any(j == i and not k.same() for j, k in self.kids)
+
+
+def _snap(obj: Any, depth: int, memo: dict[int, Any]) -> _Snap | None:
+    """A snapshot of container ``obj``, or None where there is nothing that can change: a tuple
+    holding no containers, or a container already recorded (shared containers are recorded once)."""
+    if isinstance(obj, tuple):
+        if type(obj) is not tuple or not any(isinstance(v, _CONTAINERS) for v in obj):
+            return None
+    elif id(obj) in memo:
+        return None
+    else:
+        memo[id(obj)] = obj
+    return _Snap(obj, depth, memo)
 
 
 class StateGuard:
@@ -81,13 +110,14 @@ class StateGuard:
         """Put every attribute back; the ``module.attr`` names that forward had written."""
         written = []
         for name, mod, snap in self.mods:
-            if _same(snap):
+            if snap is None or snap.same():
                 continue
-            before = dict(snap[2])
+            before = {k: i for i, k in enumerate(snap.keys)}
             now = mod.__dict__
+            missing = object()
             for key in sorted(set(before) | set(now), key=str):
-                s = before.get(key)
-                if s is None or now.get(key, s) is not s[1] or not _same(s):
+                if key not in before or now.get(key, missing) is not snap.vals[before[key]] or \
+                        snap.kid_changed(before[key]):
                     written.append(f"{name}.{key}" if name else str(key))
-            _put_back(snap)
+            snap.put_back()
         return written
