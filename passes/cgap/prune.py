@@ -26,6 +26,7 @@ from torch import nn
 from cgap_graph.ir.analysis import Slot
 from cgap_graph.ir.gc_pause import gc_paused
 from cgap_graph.ir.graph import ChannelGraph
+from cgap_graph.passes.cgap.dead_constants import NOT_CONSTANT, DeadConstants
 from cgap_graph.passes.cgap.grow import check_rates
 from cgap_graph.passes.cgap.saliency import Saliency, unit_weights, weight_slots
 from cgap_graph.passes.cgap.widths import check_round_to, rounded_keep
@@ -285,11 +286,11 @@ def _reader_inputs(cg: ChannelGraph) -> dict[str, torch.Tensor]:
     try:
         if any(x.shape[1:] != tuple(spec.shape[1:]) for x, spec in zip(small, cg.input_specs)):
             try:
-                gm(*small)
+                gm.forward(*small)  # not gm(...): fx's wrapper prints the generated code on errors
                 return seen
             except Exception:  # the model needs its own input size
                 seen.clear()
-        gm(*[t.to(dev) for t in random_inputs(cg, batch=1, seed=123)])
+        gm.forward(*[t.to(dev) for t in random_inputs(cg, batch=1, seed=123)])
     finally:
         for h in hooks:
             h.remove()
@@ -300,11 +301,31 @@ def _reader_inputs(cg: ChannelGraph) -> dict[str, torch.Tensor]:
 
 @torch.no_grad()
 def _fold_constants(cg: ChannelGraph, dead: dict[int, list[int]], report: PruneReport) -> None:
+    """Every reader's input at the removed channels, from the graph where it proves the values
+    constant (``dead_constants.py``), from one probe forward for the rest; then fold."""
     readers = [s for s in weight_slots(cg) if s.role == "consume"]
     found = list(dropped_positions(cg, readers, cg.dead_by_space(dead)))
-    inputs = _reader_inputs(cg) if found else {}
+    known = DeadConstants(cg)
+    inputs: dict[str, object] = {}
+    at: dict[str, np.ndarray] = {}
+    for s, pos in found:
+        mod_path = s.key.rpartition(".")[0]
+        if mod_path not in inputs:
+            inputs[mod_path], at[mod_path] = known.reader_input(mod_path, pos), pos
+        elif not np.array_equal(at[mod_path], pos):
+            inputs[mod_path] = None  # the stand-in holds one slot's positions only: probe it
+    unknown = any(v is None and _reads_from_call(cg, k) for k, v in inputs.items())
+    if unknown:
+        probed = _reader_inputs(cg)
+        inputs = {k: probed.get(k) if v is None else v for k, v in inputs.items()}
     for s, pos in found:
         _fold_one(cg, s, pos, inputs, report)
+
+
+def _reads_from_call(cg: ChannelGraph, mod_path: str) -> bool:
+    """Whether the probe would see reader ``mod_path``'s input: a Linear/Conv call in the graph."""
+    return any(n.op == "call_module" and n.target == mod_path for n in cg.graph.nodes) and isinstance(
+        cg.module.get_submodule(mod_path), (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
 
 
 def _fold_one(cg: ChannelGraph, s: Slot, pos: np.ndarray, inputs: dict, report: PruneReport) -> None:
@@ -313,6 +334,9 @@ def _fold_one(cg: ChannelGraph, s: Slot, pos: np.ndarray, inputs: dict, report: 
     mod_path, _, pname = s.key.rpartition(".")
     mod = gm.get_submodule(mod_path) if mod_path else None
     x = inputs.get(mod_path)
+    if x is NOT_CONSTANT:
+        report.not_folded.append(f"{s.key}: the removed channels are not constant there")
+        return
     if not isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) or pname != "weight" or x is None:
         report.not_folded.append(f"{s.key}: reader is not a Linear/Conv module")
         return
