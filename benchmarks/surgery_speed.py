@@ -24,6 +24,7 @@ import argparse
 import copy
 import gc
 import json
+import os
 import signal
 import statistics
 import subprocess
@@ -217,6 +218,7 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="two zoo models, one repeat: checks the script runs")
     args = p.parse_args()
     torch.set_num_threads(1)
+    _cap_memory()
     have_tv = import_torchvision() is not None
     names = [n for n, _ in TORCHVISION] * have_tv + ZOO
     if args.models:
@@ -226,16 +228,28 @@ def main() -> None:
     rows = []
     if args.append and (RESULTS / "surgery_speed.json").exists():  # keep the rows of models not re-run
         rows = [r for r in json.loads((RESULTS / "surgery_speed.json").read_text())["rows"] if r["model"] not in names]
+    result = {"machine": machine(), "repeats": args.repeats, "rows": rows, "big_plan": {}, "torchvision": have_tv}
     for name in names:
         row = measure(name, args.repeats)
         rows.append(row)
         print(_line(row), flush=True)
-    big = big_plan() if not args.quick else {}
+        write_json("surgery_speed", result, args.quick)  # after every model: a killed run keeps its rows
+    result["big_plan"] = big = big_plan() if not args.quick else {}
     if big:
         print(f"1B plan: {big}")
-    result = {"machine": machine(), "repeats": args.repeats, "rows": rows, "big_plan": big,
-              "torchvision": have_tv}
     print(f"wrote {write_json('surgery_speed', result, args.quick)}")
+
+
+def _cap_memory(fraction: float = 0.75) -> None:
+    """Cap this process's address space, so that a tool that runs away (Torch-Pruning on Swin-T
+    filled 24 GB within its time limit) fails with MemoryError, recorded, instead of the kernel
+    killing the whole benchmark."""
+    try:
+        import resource
+        limit = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * fraction)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    except (ImportError, ValueError, OSError):
+        pass
 
 
 def _ratio(a, b):

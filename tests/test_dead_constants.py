@@ -1,0 +1,94 @@
+"""The constants removed units feed their readers, read off the graph (``dead_constants.py``),
+against the probe forward they replace: equal where both find a constant (relative 1e-5), and
+models made of per-channel ops prune with no probe at all, masked == shrunk as before."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import cgap_graph as cg
+import cgap_graph.passes.cgap.prune as prune_mod
+from cgap_graph import zoo
+from cgap_graph.passes.cgap.dead_constants import NOT_CONSTANT, DeadConstants
+from cgap_graph.passes.cgap.prune import _reader_inputs, _reads_from_call, prune_units, remove_units, zero_filters
+from cgap_graph.passes.cgap.saliency import saliency, weight_slots
+from cgap_graph.surgery.masking import dropped_positions
+from cgap_graph.verify import make_responsive
+
+
+def _half_dead(g):
+    sal = saliency(g, mode="magnitude")
+    return {gr.id: sorted(int(u) for u in np.argsort(sal.units[gr.id], kind="stable")[: gr.width // 2])
+            for gr in g.groups if gr.prunable and gr.id in sal.units and gr.width > 1}
+
+
+def _readers(g, dead):
+    readers = [s for s in weight_slots(g) if s.role == "consume"]
+    return [(s.key.rpartition(".")[0], pos) for s, pos in dropped_positions(g, readers, g.dead_by_space(dead))]
+
+
+@pytest.mark.parametrize("name", ["lenet5", "vgg16", "resnet20", "mobilenetv2", "se_resnet", "densenet", "vit"])
+def test_graph_constants_equal_the_probe(name):
+    model = make_responsive(zoo.build(name, width=0.25 if name in ("vgg16",) else 0.5)).eval()
+    g = cg.trace(model, zoo.input_shape(name))
+    dead = _half_dead(g)
+    resolved = 0
+    with torch.no_grad():
+        zero_filters(g, dead)
+        probe = _reader_inputs(g)
+        known = DeadConstants(g)
+        for mod_path, pos in _readers(g, dead):
+            if not _reads_from_call(g, mod_path):
+                continue
+            x = known.reader_input(mod_path, pos)
+            if x is None or x is NOT_CONSTANT:
+                continue
+            resolved += 1
+            real = probe[mod_path]
+            mod = g.module.get_submodule(mod_path)
+            cdim = real.dim() - 1 if isinstance(mod, nn.Linear) else 1
+            idx = torch.as_tensor(pos)
+            vals = real.movedim(cdim, 0)[idx].reshape(len(pos), -1)
+            assert float((vals.max(1).values - vals.min(1).values).abs().max()) <= 1e-6 * (1 + float(vals.abs().max()))
+            mine = x.movedim(cdim, 0)[idx].reshape(-1)
+            assert float((mine - vals[:, 0]).abs().max()) <= 1e-5 * (1 + float(vals.abs().max())), mod_path
+    assert resolved > 0
+
+
+@pytest.mark.parametrize("name", ["lenet5", "resnet20", "mobilenetv2", "vgg16"])
+def test_per_channel_models_prune_without_a_probe(name, monkeypatch):
+    model = make_responsive(zoo.build(name, width=0.25 if name == "vgg16" else 0.5)).eval()
+    shape = zoo.input_shape(name)
+    x = torch.randn(2, *shape[1:], generator=torch.Generator().manual_seed(0))
+
+    def no_probe(_cg):
+        raise AssertionError("the probe forward ran")
+
+    monkeypatch.setattr(prune_mod, "_reader_inputs", no_probe)
+    shrunk = cg.trace(model, shape)
+    rep = prune_units(shrunk, saliency(shrunk, mode="magnitude"), 0.5)
+    assert rep.removed and rep.folded
+    masked = cg.trace(copy.deepcopy(model), shape)
+    remove_units(masked, rep.removed, shrink=False)
+    with torch.no_grad():
+        a, b = masked.module(x), shrunk.module(x)
+    assert float((a - b).abs().max()) <= 1e-5 * max(1.0, float(a.abs().max()))
+
+
+def test_layer_norm_over_the_channels_is_not_constant():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.ln, self.fc2 = nn.Linear(8, 16), nn.LayerNorm(16), nn.Linear(16, 4)
+
+        def forward(self, x):
+            return self.fc2(self.ln(torch.relu(self.fc1(x))))
+
+    g = cg.trace(Net().eval(), (1, 8))
+    gid = next(gr.id for gr in g.groups if gr.prunable and gr.width == 16)
+    with torch.no_grad():
+        zero_filters(g, {gid: [0, 3]})
+        assert DeadConstants(g).reader_input("fc2", np.array([0, 3])) is NOT_CONSTANT
