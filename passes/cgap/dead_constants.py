@@ -3,11 +3,11 @@
 Once a unit's filters are zeroed (Alg. 3, l. 7), the producer's output at that channel is its
 bias at every position, whatever the input. Per-channel ops carry that constant on: activations,
 dropout (eval), BatchNorm with running statistics, pooling that never mixes in padding, adds and
-products of two such values, a token index. Where a reader's input at the
+products of two such values, concats along the channels, a token index. Where a reader's input at the
 removed channels is reached only through such ops, its value is computed exactly from a few
 numbers, with no forward pass; a LayerNorm over the channels makes it input dependent (not
 constant). Views that only move size-1 dims, permutes and means over other dims keep the
-channels. Anything else (a concat, a reshape, an unknown op) is
+channels. Anything else (a reshape that moves channels, attention, an unknown op) is
 *unknown*, and the caller runs the probe forward for it, as before.
 """
 
@@ -39,8 +39,13 @@ _POOL_FUNCS = {F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_avg_pool1d, 
                F.adaptive_avg_pool3d, F.adaptive_max_pool1d, F.adaptive_max_pool2d}
 _RESHAPE_FUNCS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze}
 _RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "contiguous"}
+_AVG_POOL_FUNCS = {F.avg_pool1d, F.avg_pool2d, F.avg_pool3d}
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _PRODUCERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def _no_padding(pad) -> bool:
+    return all(p == 0 for p in (pad if isinstance(pad, (tuple, list)) else (pad,)))
 
 
 class DeadConstants:
@@ -109,6 +114,11 @@ class DeadConstants:
                 return self._binary(node, _BINARY_FUNCS[fn], pos, len(shape))
             if fn in _RESHAPE_FUNCS:
                 return self._reshape(node, pos)
+            if fn is torch.cat:
+                return self._cat(node, pos)
+            if fn in _AVG_POOL_FUNCS:
+                pad = node.args[3] if len(node.args) > 3 else node.kwargs.get("padding", 0)
+                return self.value(x, pos) if _no_padding(pad) else None
             if fn is torch.mean:
                 return self._mean(node, pos)
             if fn is torch.permute or fn is torch.transpose:
@@ -127,6 +137,31 @@ class DeadConstants:
             if node.target in ("permute", "transpose"):
                 return self._permute(node, pos)
         return None
+
+    def _cat(self, node: fx.Node, pos: np.ndarray):
+        """A concat along the channels: each position is a channel of one of the pieces."""
+        pieces = node.args[0]
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        ndim = len(node.meta["shape"])
+        if not isinstance(pieces, (list, tuple)) or not isinstance(dim, int) or not all(
+                isinstance(t, fx.Node) and isinstance(t.meta.get("shape"), tuple) for t in pieces):
+            return None
+        dim %= ndim
+        vals, off = None, 0
+        for t in pieces:
+            size = t.meta["shape"][dim]
+            sel = (pos >= off) & (pos < off + size)
+            if sel.any():
+                got = self.value(t, pos[sel] - off)
+                if got is None or got == NOT_CONSTANT:
+                    return got
+                if got[1] != dim:
+                    return None
+                if vals is None:
+                    vals = torch.empty(len(pos), dtype=got[0].dtype, device=got[0].device)
+                vals[torch.as_tensor(np.flatnonzero(sel), device=vals.device)] = got[0]
+            off += size
+        return (vals, dim) if vals is not None else None
 
     def _attr(self, node):
         """The tensor a get_attr node names (None for anything else)."""
@@ -220,9 +255,10 @@ class DeadConstants:
         if not node.args:
             return None
         x = node.args[0]
-        if isinstance(mod, _IDENTITY_MODULES) or isinstance(mod, _POOL_MODULES) and not isinstance(
-                mod, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)):
+        if isinstance(mod, (*_IDENTITY_MODULES, *_POOL_MODULES)):
             return self.value(x, pos)
+        if isinstance(mod, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)):  # padding would mix in zeros
+            return self.value(x, pos) if _no_padding(mod.padding) else None
         if isinstance(mod, _UNARY_MODULES):
             return self._apply(self.value(x, pos), mod)
         if isinstance(mod, _NORMS) and mod.running_mean is not None:
