@@ -58,7 +58,7 @@ def test_graph_constants_equal_the_probe(name):
     assert resolved > 0
 
 
-@pytest.mark.parametrize("name", ["lenet5", "resnet20", "mobilenetv2", "vgg16"])
+@pytest.mark.parametrize("name", ["lenet5", "resnet20", "mobilenetv2", "vgg16", "se_resnet", "densenet"])
 def test_per_channel_models_prune_without_a_probe(name, monkeypatch):
     model = make_responsive(zoo.build(name, width=0.25 if name == "vgg16" else 0.5)).eval()
     shape = zoo.input_shape(name)

@@ -31,6 +31,7 @@ _UNARY_MODULES = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.H
 _IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 _UNARY_FUNCS = {F.relu, torch.relu, F.relu6, F.gelu, F.silu, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh,
                 F.hardswish, F.hardsigmoid, F.leaky_relu, F.elu, F.hardtanh, F.mish, F.softplus}
+_UNARY_METHODS = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}
 _BINARY_FUNCS = {operator.add: torch.add, operator.iadd: torch.add, torch.add: torch.add,
                  operator.mul: torch.mul, operator.imul: torch.mul, torch.mul: torch.mul}
 _POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
@@ -130,6 +131,8 @@ class DeadConstants:
             if fn is operator.getitem:
                 return self._getitem(node, pos, len(shape))
         if node.op == "call_method" and node.args:
+            if node.target in _UNARY_METHODS and len(node.args) == 1 and not node.kwargs:
+                return self._apply(self.value(node.args[0], pos), _UNARY_METHODS[node.target])
             if node.target in _RESHAPE_METHODS:
                 return self._reshape(node, pos)
             if node.target == "mean":
@@ -308,6 +311,8 @@ class DeadConstants:
         src, idx = node.args[0], node.args[1]
         sh = src.meta.get("shape") if isinstance(src, fx.Node) else None
         idx = idx if isinstance(idx, tuple) else (idx,)
+        if all(i is None or i == slice(None) for i in idx):  # s[:, :, None, None]: size-1 dims added
+            return self._reshape(node, pos)
         if not isinstance(sh, tuple) or len(idx) >= len(sh) or not all(
                 isinstance(i, int) or isinstance(i, slice) and all(
                     not isinstance(v, fx.Node) for v in (i.start, i.stop, i.step)) for i in idx):
