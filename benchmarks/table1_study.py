@@ -98,7 +98,10 @@ def job_table(args) -> dict[str, tuple[str, list[str], dict]]:
                   "try_keepshort_s0": {"prune_end": 0.5, "gamma_w_layers": keep},
                   "try_keeppreserve_s0": {"init": "preserve", "gamma_w_layers": keep},
                   # as many epochs as the pruning-only rows (baseline + fine-tuning = 45 at --epochs 30)
-                  "try_keeplong_s0": {"gamma_w_layers": keep, "epochs": args.epochs + half}}
+                  "try_keeplong_s0": {"gamma_w_layers": keep, "epochs": args.epochs + half},
+                  # the growth ratio: a smaller and a larger beta than the paper's 0.6
+                  "try_keepbeta0.3_s0": {"gamma_w_layers": keep, "beta": 0.3},
+                  "try_keepbeta1_s0": {"gamma_w_layers": keep, "beta": 1.0}}
     for name, over in tried.items():
         jobs[name] = ("cgap", [], {"seed": 0, "over": over})
     for k in args.seeds[1:]:  # the variants that won on seed 0, confirmed on the other seeds
@@ -342,7 +345,8 @@ def main() -> None:
     p.add_argument("--flops-epochs", type=int, default=5,
                    help="baseline epochs of the equal-training-FLOPs comparison (~ a CGaP run's training FLOPs)")
     p.add_argument("--more-tries", action="store_true",
-                   help="also: a later or shorter pruning window, no lr restart, function-preserving growth")
+                   help="also: a later or shorter pruning window, no lr restart, function-preserving growth, "
+                        "45 epochs, beta 0.3 and 1")
     p.add_argument("--seed-width", type=float, default=0.25)
     p.add_argument("--target", type=int, default=7900, help="CGaP's parameter target (the paper's row: 8K)")
     p.add_argument("--tau-accu", type=float, default=0.985)
