@@ -13,7 +13,7 @@ import cgap_graph as cg
 import cgap_graph.passes.cgap.prune as prune_mod
 from cgap_graph import zoo
 from cgap_graph.passes.cgap.dead_constants import NOT_CONSTANT, DeadConstants
-from cgap_graph.passes.cgap.prune import _reader_inputs, _reads_from_call, prune_units, remove_units, zero_filters
+from cgap_graph.passes.cgap.prune import _reader_inputs, prune_units, remove_units, zero_filters
 from cgap_graph.passes.cgap.saliency import saliency, weight_slots
 from cgap_graph.surgery.masking import dropped_positions
 from cgap_graph.verify import make_responsive
@@ -41,7 +41,7 @@ def test_graph_constants_equal_the_probe(name):
         probe = _reader_inputs(g)
         known = DeadConstants(g)
         for mod_path, pos in _readers(g, dead):
-            if not _reads_from_call(g, mod_path):
+            if not known.reads_from_call(mod_path):
                 continue
             x = known.reader_input(mod_path, pos)
             if x is None or x is NOT_CONSTANT:

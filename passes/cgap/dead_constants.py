@@ -23,15 +23,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from cgap_graph.ir.graph import ChannelGraph
+from cgap_graph.rules.elementwise import KEEP_ZERO_FUNCS, KEEP_ZERO_METHODS, LOSE_ZERO_FUNCS, LOSE_ZERO_METHODS
 
 NOT_CONSTANT = "not constant"  # the value at the removed channels depends on the input
 
 _UNARY_MODULES = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid,
                   nn.LeakyReLU, nn.ELU, nn.Hardtanh, nn.Mish, nn.Softplus, nn.SELU, nn.CELU)
 _IDENTITY_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
-_UNARY_FUNCS = {F.relu, torch.relu, F.relu6, F.gelu, F.silu, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh,
-                F.hardswish, F.hardsigmoid, F.leaky_relu, F.elu, F.hardtanh, F.mish, F.softplus}
-_UNARY_METHODS = {"relu": torch.relu, "sigmoid": torch.sigmoid, "tanh": torch.tanh}
+# per element and deterministic: the element-wise rules' functions and methods, without the
+# stochastic ones (dropout in the graph keeps the training flag it was traced with)
+_STOCHASTIC = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, torch.dropout, F.alpha_dropout,
+               F.feature_alpha_dropout}
+_UNARY_FUNCS = {*KEEP_ZERO_FUNCS, *LOSE_ZERO_FUNCS, F.hardtanh, torch.clamp, torch.clip} - _STOCHASTIC
+_UNARY_METHODS = {*KEEP_ZERO_METHODS, *LOSE_ZERO_METHODS}
 _BINARY_FUNCS = {operator.add: torch.add, operator.iadd: torch.add, torch.add: torch.add,
                  operator.mul: torch.mul, operator.imul: torch.mul, torch.mul: torch.mul}
 _POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d,
@@ -42,7 +46,12 @@ _RESHAPE_FUNCS = {torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze}
 _RESHAPE_METHODS = {"view", "reshape", "flatten", "squeeze", "unsqueeze", "contiguous"}
 _AVG_POOL_FUNCS = {F.avg_pool1d, F.avg_pool2d, F.avg_pool3d}
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-_PRODUCERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+PRODUCERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # layers whose bias a constant folds into
+
+
+def _no_value(got) -> bool:
+    """None (unknown) or NOT_CONSTANT: nothing to compute with, passed on as it is."""
+    return got is None or got is NOT_CONSTANT
 
 
 def _no_padding(pad) -> bool:
@@ -64,18 +73,17 @@ class DeadConstants:
         """A stand-in for the input of reader ``mod_path`` (a tensor whose channel dim holds the
         constants at ``pos``, size 1 elsewhere), ``NOT_CONSTANT``, or None (unknown: probe)."""
         nodes = self.calls.get(mod_path, [])
-        if len(nodes) != 1 or not nodes[0].args or not isinstance(nodes[0].args[0], fx.Node):
+        if not self.reads_from_call(mod_path) or len(nodes) != 1 or not nodes[0].args or not isinstance(
+                nodes[0].args[0], fx.Node):
             return None
         mod = self.gm.get_submodule(mod_path)
-        if not isinstance(mod, _PRODUCERS):
-            return None
         src = nodes[0].args[0]
         shape = src.meta.get("shape")
         if not isinstance(shape, tuple) or not shape or not all(isinstance(k, int) for k in shape):
             return None
         cdim = len(shape) - 1 if isinstance(mod, nn.Linear) else 1
         got = self.value(src, pos)
-        if got is None or got == NOT_CONSTANT:
+        if _no_value(got):
             return got
         vals, at = got
         if at != cdim:
@@ -85,6 +93,10 @@ class DeadConstants:
         x.view(-1)[torch.as_tensor(pos, device=vals.device)] = vals
         return x
 
+    def reads_from_call(self, mod_path: str) -> bool:
+        """Whether reader ``mod_path`` is a Linear/Conv the graph calls (a probe would see its input)."""
+        return mod_path in self.calls and isinstance(self.gm.get_submodule(mod_path), PRODUCERS)
+
     def value(self, node, pos: np.ndarray):
         """(values at ``pos`` along the channel dim, that dim) of ``node``'s output, ``NOT_CONSTANT``,
         or None."""
@@ -92,7 +104,6 @@ class DeadConstants:
             return None
         key = (node.name, pos.tobytes())
         if key not in self.memo:
-            self.memo[key] = None  # a cycle cannot happen in a DAG; this also guards the recursion
             self.memo[key] = self._value(node, pos)
         return self.memo[key]
 
@@ -132,7 +143,7 @@ class DeadConstants:
                 return self._getitem(node, pos, len(shape))
         if node.op == "call_method" and node.args:
             if node.target in _UNARY_METHODS and len(node.args) == 1 and not node.kwargs:
-                return self._apply(self.value(node.args[0], pos), _UNARY_METHODS[node.target])
+                return self._apply(self.value(node.args[0], pos), lambda v: getattr(v, node.target)())
             if node.target in _RESHAPE_METHODS:
                 return self._reshape(node, pos)
             if node.target == "mean":
@@ -156,7 +167,7 @@ class DeadConstants:
             sel = (pos >= off) & (pos < off + size)
             if sel.any():
                 got = self.value(t, pos[sel] - off)
-                if got is None or got == NOT_CONSTANT:
+                if _no_value(got):
                     return got
                 if got[1] != dim:
                     return None
@@ -198,13 +209,13 @@ class DeadConstants:
             inner = math.prod(sh[n:])
             src_pos = np.unique(pos // inner)
             got = self.value(src, src_pos)
-            if got is None or got == NOT_CONSTANT:
+            if _no_value(got):
                 return got
             if got[1] != n - 1:
                 return None
             return got[0][torch.as_tensor(np.searchsorted(src_pos, pos // inner))], n - 1
         got = self.value(src, pos)
-        if got is None or got == NOT_CONSTANT:
+        if _no_value(got):
             return got
         if sh[got[1]] == 1 or [k for k in sh if k != 1] != [k for k in out if k != 1]:
             return None
@@ -222,7 +233,7 @@ class DeadConstants:
             return None
         dims = {d % len(sh) for d in (dims if isinstance(dims, (tuple, list)) else (dims,))}
         got = self.value(src, pos)
-        if got is None or got == NOT_CONSTANT:
+        if _no_value(got):
             return got
         if got[1] in dims:
             return None
@@ -233,7 +244,7 @@ class DeadConstants:
         src = node.args[0]
         sh = src.meta.get("shape") if isinstance(src, fx.Node) else None
         got = self.value(src, pos)
-        if got is None or got == NOT_CONSTANT or not isinstance(sh, tuple):
+        if _no_value(got) or not isinstance(sh, tuple):
             return got
         rest = node.args[1:]
         if not all(isinstance(d, int) for d in (rest[0] if len(rest) == 1 and isinstance(rest[0], (tuple, list))
@@ -247,7 +258,7 @@ class DeadConstants:
         return got[0], order.index(got[1])
 
     def _module(self, node: fx.Node, mod: nn.Module, pos: np.ndarray, ndim: int):
-        if isinstance(mod, _PRODUCERS):
+        if isinstance(mod, PRODUCERS):
             w = mod.weight
             if w.shape[0] <= int(pos.max()) or w[torch.as_tensor(pos)].abs().max() != 0:
                 return None  # the rows are not all zero: the output depends on the input
@@ -266,8 +277,10 @@ class DeadConstants:
             return self._apply(self.value(x, pos), mod)
         if isinstance(mod, _NORMS) and mod.running_mean is not None:
             got = self.value(x, pos)
-            if got is None or got == NOT_CONSTANT or got[1] != 1:
-                return None if got != NOT_CONSTANT else got
+            if _no_value(got):
+                return got
+            if got[1] != 1:  # BatchNorm's channels are dim 1
+                return None
             i = torch.as_tensor(pos)
             v = (got[0] - mod.running_mean[i]) / torch.sqrt(mod.running_var[i] + mod.eps)
             if mod.weight is not None:
@@ -281,7 +294,7 @@ class DeadConstants:
 
     @staticmethod
     def _apply(got, fn):
-        if got is None or got == NOT_CONSTANT:
+        if _no_value(got):
             return got
         return fn(got[0].clone()), got[1]
 
@@ -294,7 +307,7 @@ class DeadConstants:
                 parts.append(a)
                 continue
             got = self.value(a, pos)
-            if got is None or got == NOT_CONSTANT:
+            if _no_value(got):
                 return None
             sa = a.meta.get("shape")
             if len(sa) != ndim or sa[got[1]] != node.meta["shape"][got[1]]:
@@ -318,6 +331,6 @@ class DeadConstants:
                     not isinstance(v, fx.Node) for v in (i.start, i.stop, i.step)) for i in idx):
             return None
         got = self.value(src, pos)
-        if got is None or got == NOT_CONSTANT:
+        if _no_value(got):
             return got
         return (got[0], ndim - 1) if got[1] == len(sh) - 1 else None

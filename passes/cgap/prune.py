@@ -26,7 +26,7 @@ from torch import nn
 from cgap_graph.ir.analysis import Slot
 from cgap_graph.ir.gc_pause import gc_paused
 from cgap_graph.ir.graph import ChannelGraph
-from cgap_graph.passes.cgap.dead_constants import NOT_CONSTANT, DeadConstants
+from cgap_graph.passes.cgap.dead_constants import NOT_CONSTANT, PRODUCERS, DeadConstants
 from cgap_graph.passes.cgap.grow import check_rates
 from cgap_graph.passes.cgap.saliency import Saliency, unit_weights, weight_slots
 from cgap_graph.passes.cgap.widths import check_round_to, rounded_keep
@@ -314,18 +314,12 @@ def _fold_constants(cg: ChannelGraph, dead: dict[int, list[int]], report: PruneR
             inputs[mod_path], at[mod_path] = known.reader_input(mod_path, pos), pos
         elif not np.array_equal(at[mod_path], pos):
             inputs[mod_path] = None  # the stand-in holds one slot's positions only: probe it
-    unknown = any(v is None and _reads_from_call(cg, k) for k, v in inputs.items())
+    unknown = any(v is None and known.reads_from_call(k) for k, v in inputs.items())
     if unknown:
         probed = _reader_inputs(cg)
         inputs = {k: probed.get(k) if v is None else v for k, v in inputs.items()}
     for s, pos in found:
         _fold_one(cg, s, pos, inputs, report)
-
-
-def _reads_from_call(cg: ChannelGraph, mod_path: str) -> bool:
-    """Whether the probe would see reader ``mod_path``'s input: a Linear/Conv call in the graph."""
-    return any(n.op == "call_module" and n.target == mod_path for n in cg.graph.nodes) and isinstance(
-        cg.module.get_submodule(mod_path), (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
 
 
 def _fold_one(cg: ChannelGraph, s: Slot, pos: np.ndarray, inputs: dict, report: PruneReport) -> None:
@@ -337,7 +331,7 @@ def _fold_one(cg: ChannelGraph, s: Slot, pos: np.ndarray, inputs: dict, report: 
     if x is NOT_CONSTANT:
         report.not_folded.append(f"{s.key}: the removed channels are not constant there")
         return
-    if not isinstance(mod, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) or pname != "weight" or x is None:
+    if not isinstance(mod, PRODUCERS) or pname != "weight" or x is None:
         report.not_folded.append(f"{s.key}: reader is not a Linear/Conv module")
         return
     cdim = x.dim() - 1 if isinstance(mod, nn.Linear) else x.dim() - len(mod.kernel_size) - 1
