@@ -7,8 +7,10 @@ For each model, in one interleaved run (one thread, medians of ``--repeats``):
 - (a) trace + analysis (``cgap_graph.trace``) against Torch-Pruning's ``DependencyGraph.build_dependency``;
 - (b) from the ``nn.Module``: trace + magnitude scores + remove 50% of every prunable group + shrink,
   against Torch-Pruning's MetaPruner (graph build + L1 importance + one step at ratio 0.5, the
-  classifier head ignored);
-- (c) trace + magnitude scores + grow every growable group by beta 0.6 (``preserve``);
+  classifier head ignored). Both change the model they are given, each on its own deep copy made
+  untimed (``trace(..., inplace=True)``, as Torch-Pruning prunes in place); ``prune_copy`` is the
+  default path, which leaves the model untouched and so copies every weight itself;
+- (c) trace + magnitude scores + grow every growable group by beta 0.6 (``preserve``, in place);
 - (d) the limit: cloning the model's parameters once (``state_dict`` clone): a surgery must at
   least copy what it keeps.
 
@@ -71,14 +73,14 @@ def head_of(model: nn.Module) -> nn.Module:
     return linears[-1]
 
 
-def ours_prune(model, shape):
-    g = cg.trace(model, shape)
+def ours_prune(model, shape, inplace: bool = False):
+    g = cg.trace(model, shape, inplace=inplace)
     rep = prune_units(g, saliency(g, mode="magnitude"), 0.5)
     return g, rep
 
 
-def ours_grow(model, shape):
-    g = cg.trace(model, shape)
+def ours_grow(model, shape, inplace: bool = False):
+    g = cg.trace(model, shape, inplace=inplace)
     grow(g, saliency(g, mode="magnitude"), 0.6, init="preserve")
     return g
 
@@ -143,14 +145,18 @@ def measure(name: str, repeats: int) -> dict:
     model, shape = build(name)
     example = torch.randn(*shape)
     row = {"model": name, "input": list(shape), "params": sum(p.numel() for p in model.parameters())}
+    # "prune", "grow" and Torch-Pruning's step change the model they are given: each gets a fresh
+    # deep copy, made untimed; "prune_copy" is the default path, which copies every weight itself
     fns = {
-        "trace": lambda: cg.trace(model, shape),
-        "tp_build": lambda: tp_build(model, example),
-        "prune": lambda: ours_prune(model, shape),
-        "tp_prune": None,
-        "grow": lambda: ours_grow(model, shape),
-        "clone": lambda: clone(model),
+        "trace": lambda m: cg.trace(m, shape),
+        "tp_build": lambda m: tp_build(m, example),
+        "prune": lambda m: ours_prune(m, shape, inplace=True),
+        "tp_prune": lambda m: tp_prune(m, example),
+        "prune_copy": lambda m: ours_prune(m, shape),
+        "grow": lambda m: ours_grow(m, shape, inplace=True),
+        "clone": lambda m: clone(m),
     }
+    consumes = {"prune", "tp_prune", "grow"}
     times = {k: [] for k in fns}
     errors = {}
     for _ in range(repeats):
@@ -158,11 +164,11 @@ def measure(name: str, repeats: int) -> dict:
             if key in errors:
                 continue
             try:
+                m = copy.deepcopy(model) if key in consumes else model
                 if key == "tp_prune":
-                    m = copy.deepcopy(model)
-                    times[key].append(_with_limit(lambda m=m: timed(lambda: tp_prune(m, example)), TOOL_LIMIT))
+                    times[key].append(_with_limit(lambda m=m: timed(lambda: fn(m)), TOOL_LIMIT))
                 else:
-                    times[key].append(timed(fn))
+                    times[key].append(timed(lambda m=m, fn=fn: fn(m)))
             except Exception as exc:  # a tool that cannot handle the model: recorded, not fatal
                 errors[key] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
     for key, ts in times.items():
@@ -260,7 +266,8 @@ def _line(r: dict) -> str:
     ms = lambda k: f"{1e3 * r[k]:8.1f}" if r.get(k) else "     n/a"  # noqa: E731
     return (f"{r['model']:20s} {r['params'] / 1e6:7.1f}M  trace {ms('trace')} tp {ms('tp_build')} "
             f"{_ratio(r.get('tp_build'), r.get('trace'))} | prune {ms('prune')} tp {ms('tp_prune')} "
-            f"{_ratio(r.get('tp_prune'), r.get('prune'))} | grow {ms('grow')} | clone {ms('clone')} "
+            f"{_ratio(r.get('tp_prune'), r.get('prune'))} (copying {ms('prune_copy')}) | grow {ms('grow')} "
+            f"| clone {ms('clone')} "
             f"prune/clone {_ratio(r.get('prune'), r.get('clone'))} | m==s {r.get('masked_vs_shrunk')} "
             f"{'inexact' if r.get('inexact_groups') else ''} {r['errors'] or ''}")
 

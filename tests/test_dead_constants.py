@@ -10,10 +10,11 @@ import torch
 from torch import nn
 
 import cgap_graph as cg
-import cgap_graph.passes.cgap.prune as prune_mod
+import cgap_graph.passes.cgap.fold as fold_mod
 from cgap_graph import zoo
 from cgap_graph.passes.cgap.dead_constants import NOT_CONSTANT, DeadConstants
-from cgap_graph.passes.cgap.prune import _reader_inputs, prune_units, remove_units, zero_filters
+from cgap_graph.passes.cgap.fold import reader_inputs
+from cgap_graph.passes.cgap.prune import prune_units, remove_units, zero_filters
 from cgap_graph.passes.cgap.saliency import saliency, weight_slots
 from cgap_graph.surgery.masking import dropped_positions
 from cgap_graph.verify import make_responsive
@@ -38,7 +39,7 @@ def test_graph_constants_equal_the_probe(name):
     resolved = 0
     with torch.no_grad():
         zero_filters(g, dead)
-        probe = _reader_inputs(g)
+        probe = reader_inputs(g)
         known = DeadConstants(g)
         for mod_path, pos in _readers(g, dead):
             if not known.reads_from_call(mod_path):
@@ -67,7 +68,7 @@ def test_per_channel_models_prune_without_a_probe(name, monkeypatch):
     def no_probe(_cg):
         raise AssertionError("the probe forward ran")
 
-    monkeypatch.setattr(prune_mod, "_reader_inputs", no_probe)
+    monkeypatch.setattr(fold_mod, "reader_inputs", no_probe)
     shrunk = cg.trace(model, shape)
     rep = prune_units(shrunk, saliency(shrunk, mode="magnitude"), 0.5)
     assert rep.removed and rep.folded

@@ -3,9 +3,8 @@
 ``trace(model, (1, 3, 32, 32))`` returns a :class:`ChannelGraph`. Its ``groups`` are the units
 of structural change: removing, duplicating or reordering channels of one group, applied to
 every member (producer rows, consumer columns, norm parameters and statistics, module
-attributes, graph constants), keeps the model valid. ``module`` is the working
-``fx.GraphModule``; it owns copies of the parameters, so the traced model is never modified.
-"""
+attributes, graph constants), keeps the model valid. ``module``, the working ``fx.GraphModule``,
+owns copies of the parameters (unless ``inplace``), so the traced model is never modified."""
 
 from __future__ import annotations
 
@@ -123,8 +122,9 @@ class Group:
 class ChannelGraph:
     """A traced model with its channel analysis (see module docstring)."""
 
-    def __init__(self, traced: Traced, analyzer: Analyzer) -> None:
+    def __init__(self, traced: Traced, analyzer: Analyzer, *, inplace: bool = False) -> None:
         self.traced = traced
+        self.inplace = inplace
         self.an = analyzer
         self.graph: fx.Graph = traced.graph
         self.input_specs: list[TSpec] = traced.input_specs
@@ -229,14 +229,12 @@ class ChannelGraph:
     def unknown_ops(self) -> list[tuple[str, str, str]]:
         return self.an.unknown
 
-    @property
-    def opaque_modules(self) -> dict[str, str]:
-        return self.traced.opaque
+    opaque_modules = property(lambda self: self.traced.opaque)
 
     # ---- the working module ---------------------------------------------------------------------------
     @property
     def module(self) -> fx.GraphModule:
-        """The working ``fx.GraphModule``, with its own copy of every parameter."""
+        """The working ``fx.GraphModule``: its own copy of every parameter (or ``inplace``)."""
         if self._gm is None:
             self._gm = self._materialize()
         return self._gm
@@ -248,11 +246,12 @@ class ChannelGraph:
         attrs: dict[str, Any] = {}
         for node in self.graph.nodes:
             if node.op == "call_module" and node.target not in attrs:
-                attrs[node.target] = copy_module(root.get_submodule(node.target), memo)
+                mod = root.get_submodule(node.target)
+                attrs[node.target] = mod if self.inplace else copy_module(mod, memo)
         for node in self.graph.nodes:
             if node.op == "get_attr" and node.target not in attrs:
                 t = self.traced.tensors[node.target]
-                attrs[node.target] = copy.deepcopy(t, memo)
+                attrs[node.target] = t if self.inplace else copy.deepcopy(t, memo)
         gm = fx.GraphModule(attrs, self.graph, class_name=type(root).__name__ + "Graph")
         gm.train(root.training)
         return gm
@@ -379,12 +378,14 @@ def _specs(input_shape, example_inputs, input_dtype) -> list[TSpec]:
 @gc_paused
 def trace(model: nn.Module, input_shape: Sequence[int] | Sequence[Sequence[int]] | None = None, *,
           example_inputs: Any = None, input_dtype: torch.dtype | Sequence[torch.dtype] = torch.float32,
-          leaf_modules: Sequence[Any] = ()) -> ChannelGraph:
+          leaf_modules: Sequence[Any] = (), inplace: bool = False) -> ChannelGraph:
     """Trace ``model`` on inputs of ``input_shape`` and find its channel groups.
 
     No FLOPs are run: shapes are computed by the op rules. ``leaf_modules`` (types or qualified
-    names) are kept opaque; their channels freeze. Raises :class:`TraceError` or
-    :class:`InputShapeError` with a one-line message when the model cannot be traced.
+    names) are kept opaque; their channels freeze. ``.module`` copies every weight (``model`` is
+    never changed) unless ``inplace=True``: then passes change ``model``'s own layers, as
+    Torch-Pruning does, and save that copy. Raises :class:`TraceError` or :class:`InputShapeError`
+    with a one-line message when the model cannot be traced.
     """
     if not isinstance(model, nn.Module):
         raise TraceError(f"expected a torch.nn.Module, got {type(model).__name__}")
@@ -392,7 +393,7 @@ def trace(model: nn.Module, input_shape: Sequence[int] | Sequence[Sequence[int]]
     traced = trace_module(model, specs, leaf_modules)
     an = Analyzer(traced)
     an.run()
-    return ChannelGraph(traced, an)
+    return ChannelGraph(traced, an, inplace=inplace)
 
 
 __all__ = ["ChannelGraph", "Group", "Member", "trace", "Expr"]

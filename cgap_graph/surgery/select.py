@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -95,6 +96,7 @@ def _new_tensors(cg: ChannelGraph, ctx: SurgeryContext, initializer: Initializer
     new_tensors: dict[str, torch.Tensor] = {}
     index_maps: dict[str, dict[int, np.ndarray]] = {}
     new_masks: dict[str, dict[int, np.ndarray]] = {}
+    scratch: list[torch.Tensor] = []
     for key, slots in by_key.items():
         hit = [s for s in slots if touched & set(t.leaves(s.expr))]
         if not hit:
@@ -114,17 +116,27 @@ def _new_tensors(cg: ChannelGraph, ctx: SurgeryContext, initializer: Initializer
                 new_mask[s.dim] = ~first
             mult = np.bincount(idx, minlength=old.shape[s.dim])
             picked[s.dim] = mult[idx] > 1
-        change = SlotChange(key, hit, old, _gather(old.detach(), index), index, new_mask, picked)
+        change = SlotChange(key, hit, old, _gather(old.detach(), index, scratch), index, new_mask, picked)
         new_tensors[key] = initializer(change, ctx).contiguous()
         index_maps[key], new_masks[key] = index, new_mask
     return new_tensors, index_maps, new_masks
 
 
-def _gather(w: torch.Tensor, index: dict[int, np.ndarray]) -> torch.Tensor:
+def _gather(w: torch.Tensor, index: dict[int, np.ndarray], scratch: list[torch.Tensor]) -> torch.Tensor:
     """``w`` index-selected along every dimension in ``index`` (chained ``index_select`` is
-    faster on CPU than one advanced-indexing gather)."""
-    for d in sorted(index):
-        w = w.index_select(d, torch.as_tensor(index[d], device=w.device))
+    faster on CPU than one advanced-indexing gather). The steps before the last write into one
+    reused buffer (``scratch[0]``, grown as needed): fresh memory costs more than the copy."""
+    dims = sorted(index)
+    for i, d in enumerate(dims):
+        idx = torch.as_tensor(index[d], device=w.device)
+        if i == len(dims) - 1:
+            return w.index_select(d, idx)
+        shape = list(w.shape)
+        shape[d] = len(idx)
+        n = math.prod(shape)
+        if not scratch or scratch[0].numel() < n or scratch[0].dtype != w.dtype or scratch[0].device != w.device:
+            scratch[:] = [torch.empty(max(n, scratch[0].numel() if scratch else 0), dtype=w.dtype, device=w.device)]
+        w = torch.index_select(w, d, idx, out=scratch[0][:n].view(shape))
     return w
 
 

@@ -61,8 +61,9 @@ def _no_padding(pad) -> bool:
 class DeadConstants:
     """Values at given channels of graph nodes, where the graph proves them constant."""
 
-    def __init__(self, cg: ChannelGraph) -> None:
+    def __init__(self, cg: ChannelGraph, zeroed: dict[str, np.ndarray] | None = None) -> None:
         self.gm = cg.module
+        self.zeroed = zeroed or {}  # weight -> rows known zero (what zero_filters just zeroed)
         self.calls: dict[str, list[fx.Node]] = {}
         for n in cg.graph.nodes:
             if n.op == "call_module":
@@ -260,7 +261,10 @@ class DeadConstants:
     def _module(self, node: fx.Node, mod: nn.Module, pos: np.ndarray, ndim: int):
         if isinstance(mod, PRODUCERS):
             w = mod.weight
-            if w.shape[0] <= int(pos.max()) or w[torch.as_tensor(pos)].abs().max() != 0:
+            if w.shape[0] <= int(pos.max()):
+                return None
+            rows = self.zeroed.get(f"{node.target}.weight")
+            if not (rows is not None and rows[pos].all()) and w[torch.as_tensor(pos)].abs().max() != 0:
                 return None  # the rows are not all zero: the output depends on the input
             cdim = ndim - 1 if isinstance(mod, nn.Linear) else 1
             b = mod.bias

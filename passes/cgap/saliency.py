@@ -18,7 +18,8 @@ scores (for ablations).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import math
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,13 +39,65 @@ class Saliency:
     """Scores of one model state: per weight (same shapes as the parameters) and per unit."""
 
     mode: str
-    weights: dict[str, torch.Tensor]
+    weights: Mapping[str, torch.Tensor]
     units: dict[int, np.ndarray] = field(default_factory=dict)
     batches: int = 0
 
     def ranking(self, gid: int) -> np.ndarray:
         """Units of a group from most to least important."""
         return np.argsort(-self.units[gid], kind="stable")
+
+
+class MagnitudeScores(Mapping):
+    """``|w|`` per weight, made on first use: unit scores reduce ``|w|`` without it (one fused
+    L1 norm per slot), so pruning by magnitude never allocates a copy of every weight."""
+
+    def __init__(self, params: dict[str, torch.Tensor]) -> None:
+        self.params, self._abs = params, {}
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self._abs:
+            self._abs[key] = self.params[key].detach().abs()  # abs() is a new tensor
+        return self._abs[key]
+
+    def __iter__(self):
+        return iter(self.params)
+
+    def __len__(self) -> int:
+        return len(self.params)
+
+    def per_position(self, key: str, dim: int) -> torch.Tensor:
+        """Sum of ``|w|`` over every dim but ``dim``."""
+        return abs_position_sums(self.params[key].detach(), dim)
+
+
+def position_sums(w: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sum of ``w`` over every dim but ``dim``, as (outer, n, inner) sums over contiguous runs."""
+    n = w.shape[dim]
+    w = w.reshape(math.prod(w.shape[:dim]), n, -1)
+    return w.sum(2).sum(0)
+
+
+SCRATCH_ELEMENTS = 1 << 18  # |w| is taken block by block through one buffer this size
+
+
+def abs_position_sums(w: torch.Tensor, dim: int) -> torch.Tensor:
+    """``position_sums(w.abs(), dim)`` without a copy of ``w``: fresh memory costs more than the
+    arithmetic (page faults), so blocks of rows go through one reused buffer."""
+    n = w.shape[dim]
+    w3 = w.reshape(math.prod(w.shape[:dim]), n, -1)
+    inner = w3.shape[2]
+    if w3.shape[0] != 1 or w.numel() <= SCRATCH_ELEMENTS or inner > SCRATCH_ELEMENTS:
+        return position_sums(w.abs(), dim)
+    rows = SCRATCH_ELEMENTS // inner
+    out = torch.empty(n, dtype=w.dtype, device=w.device)
+    buf = torch.empty(rows * inner, dtype=w.dtype, device=w.device)
+    for r in range(0, n, rows):
+        chunk = w3[0, r:r + rows]
+        b = buf[:chunk.numel()].view_as(chunk)
+        torch.abs(chunk, out=b)
+        torch.sum(b, 1, out=out[r:r + rows])
+    return out
 
 
 def weight_slots(cg: ChannelGraph):
@@ -75,7 +128,7 @@ def weight_scores(cg: ChannelGraph, data: Iterable | None = None, *, mode: str =
     keys = sorted({s.key for s in weight_slots(cg)})
     params = {k: get_tensor(gm, k) for k in keys}
     if mode == "magnitude":
-        return Saliency(mode, {k: p.detach().abs() for k, p in params.items()})  # abs() is a new tensor
+        return Saliency(mode, MagnitudeScores(params))
     if mode == "random":
         g = generator or torch.Generator().manual_seed(0)
         return Saliency(mode, {k: torch.rand(p.shape, generator=g) for k, p in params.items()})
@@ -153,8 +206,11 @@ def unit_scores(cg: ChannelGraph, sal: Saliency) -> Saliency:
         use = unit_weights(cg, g.id, slots)
         score = np.zeros(g.width)
         for s, ids in use:
-            w = sal.weights[s.key]
-            per_pos = w.transpose(0, s.dim).reshape(w.shape[s.dim], -1).sum(1).double().cpu().numpy()
+            if isinstance(sal.weights, MagnitudeScores):
+                per_pos = sal.weights.per_position(s.key, s.dim)
+            else:
+                per_pos = position_sums(sal.weights[s.key], s.dim)
+            per_pos = per_pos.double().cpu().numpy()
             mask = ids >= 0
             np.add.at(score, ids[mask], per_pos[mask])
         sal.units[g.id] = score
