@@ -7,6 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import cgap_graph as cg
@@ -93,3 +94,60 @@ def test_layer_norm_over_the_channels_is_not_constant():
     with torch.no_grad():
         zero_filters(g, {gid: [0, 3]})
         assert DeadConstants(g).reader_input("fc2", np.array([0, 3])) is NOT_CONSTANT
+
+
+def test_attention_carries_constants_without_a_probe(monkeypatch):
+    """ViT's attention output projection folds from the graph: the shrunk model equals the one
+    folded from the probe forward (relative 1e-5), and no probe runs."""
+    import cgap_graph.passes.cgap.dead_constants as dc_mod
+
+    model = make_responsive(zoo.build("vit")).eval()
+    shape = zoo.input_shape("vit")
+    x = torch.randn(2, *shape[1:], generator=torch.Generator().manual_seed(0))
+    probed = cg.trace(copy.deepcopy(model), shape)
+    with monkeypatch.context() as m:
+        m.setattr(dc_mod, "attention_merge", lambda *a: None)
+        rep_probe = prune_units(probed, saliency(probed, mode="magnitude"), 0.5)
+
+    def no_probe(_cg):
+        raise AssertionError("the probe forward ran")
+
+    monkeypatch.setattr(fold_mod, "reader_inputs", no_probe)
+    graph = cg.trace(copy.deepcopy(model), shape)
+    rep = prune_units(graph, saliency(graph, mode="magnitude"), 0.5)
+    assert rep.removed == rep_probe.removed
+    assert sum("out_proj" in f for f in rep.folded) == 4
+    with torch.no_grad():
+        a, b = probed.module(x), graph.module(x)
+    assert float((a - b).abs().max()) <= 1e-5 * max(1.0, float(a.abs().max()))
+
+
+@pytest.mark.parametrize("include_pad", [True, False])
+def test_padded_average_pool(include_pad):
+    """Inception's branch pool (3x3, padding 1): counting the padding makes a non-zero constant
+    vary at the border (not constant, as the probe finds); not counting it keeps the constant."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.bn, self.c2 = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            y = F.avg_pool2d(torch.relu(self.bn(self.c1(x))), 3, 1, 1, count_include_pad=include_pad)
+            return self.c2(y)
+
+    model = make_responsive(Net()).eval()
+    with torch.no_grad():
+        model.bn.bias.abs_().add_(0.5)  # the removed channels' constant is non-zero after the ReLU
+    g = cg.trace(model, (1, 3, 12, 12))
+    gid = next(gr.id for gr in g.groups if gr.prunable and gr.width == 8)
+    pos = np.array([1, 5])
+    with torch.no_grad():
+        zero_filters(g, {gid: list(pos)})
+        got = DeadConstants(g).reader_input("c2", pos)
+        real = reader_inputs(g)["c2"][:, torch.as_tensor(pos)]
+    if include_pad:
+        assert got is NOT_CONSTANT
+        assert float(real.amax() - real.amin()) > 1e-3
+    else:
+        assert float((got[0, torch.as_tensor(pos), 0, 0] - real[0, :, 0, 0]).abs().max()) <= 1e-6
+        assert float((real - real[:1, :, :1, :1]).abs().max()) <= 1e-6

@@ -7,7 +7,7 @@ products of two such values, concats along the channels, a token index. Where a 
 removed channels is reached only through such ops, its value is computed exactly from a few
 numbers, with no forward pass; a LayerNorm over the channels makes it input dependent (not
 constant). Views that only move size-1 dims, permutes and means over other dims keep the
-channels. Anything else (a reshape that moves channels, attention, an unknown op) is
+channels, and so does attention (``dead_attention.py``). Anything else (a reshape that moves channels, an unknown op) is
 *unknown*, and the caller runs the probe forward for it, as before.
 """
 
@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cgap_graph.ir.graph import ChannelGraph
+from cgap_graph.passes.cgap.dead_attention import attention_merge, linear_value
 from cgap_graph.rules.elementwise import KEEP_ZERO_FUNCS, KEEP_ZERO_METHODS, LOSE_ZERO_FUNCS, LOSE_ZERO_METHODS
 
 NOT_CONSTANT = "not constant"  # the value at the removed channels depends on the input
@@ -130,8 +131,9 @@ class DeadConstants:
             if fn is torch.cat:
                 return self._cat(node, pos)
             if fn in _AVG_POOL_FUNCS:
-                pad = node.args[3] if len(node.args) > 3 else node.kwargs.get("padding", 0)
-                return self.value(x, pos) if _no_padding(pad) else None
+                arg = lambda i, k, d: node.args[i] if len(node.args) > i else node.kwargs.get(k, d)  # noqa: E731
+                return self._avg_pool(x, pos, arg(3, "padding", 0), arg(5, "count_include_pad", True),
+                                      arg(6, "divisor_override", None))
             if fn is torch.mean:
                 return self._mean(node, pos)
             if fn is torch.permute or fn is torch.transpose:
@@ -142,6 +144,8 @@ class DeadConstants:
                                         pos)
             if fn is operator.getitem:
                 return self._getitem(node, pos, len(shape))
+            if fn is F.linear:
+                return linear_value(self, node, pos, len(shape))
         if node.op == "call_method" and node.args:
             if node.target in _UNARY_METHODS and len(node.args) == 1 and not node.kwargs:
                 return self._apply(self.value(node.args[0], pos), lambda v: getattr(v, node.target)())
@@ -204,6 +208,9 @@ class DeadConstants:
         sh = src.meta.get("shape") if isinstance(src, fx.Node) else None
         if not isinstance(sh, tuple) or not all(isinstance(k, int) for k in sh):
             return None
+        merged = attention_merge(self, node, pos)
+        if merged is not None:
+            return merged
         n = len(out)
         if len(sh) > n and sh[:n - 1] == out[:n - 1] and math.prod(sh[n - 1:]) == out[-1] and math.prod(sh[n:]) > 1:
             # (..., C, H, W) -> (..., C*H*W), as before a classifier: position p is channel p // (H*W)
@@ -275,8 +282,8 @@ class DeadConstants:
         x = node.args[0]
         if isinstance(mod, (*_IDENTITY_MODULES, *_POOL_MODULES)):
             return self.value(x, pos)
-        if isinstance(mod, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)):  # padding would mix in zeros
-            return self.value(x, pos) if _no_padding(mod.padding) else None
+        if isinstance(mod, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d)):
+            return self._avg_pool(x, pos, mod.padding, mod.count_include_pad, getattr(mod, "divisor_override", None))
         if isinstance(mod, _UNARY_MODULES):
             return self._apply(self.value(x, pos), mod)
         if isinstance(mod, _NORMS) and mod.running_mean is not None:
@@ -295,6 +302,17 @@ class DeadConstants:
         if isinstance(mod, nn.Flatten):
             return self._reshape(node, pos)
         return None
+
+    def _avg_pool(self, x, pos: np.ndarray, pad, include_pad, divisor):
+        """Averages of a constant are that constant, except where padding counts: the windows at
+        the border mix in zeros, so a non-zero constant varies over positions there."""
+        got = self.value(x, pos)
+        if _no_value(got) or _no_padding(pad) and divisor is None:
+            return got
+        sh = x.meta.get("shape")
+        if divisor is not None or not include_pad or not isinstance(sh, tuple) or any(k < 2 for k in sh[2:]):
+            return None if divisor is not None or include_pad else got
+        return got if got[0].abs().max() == 0 else NOT_CONSTANT
 
     @staticmethod
     def _apply(got, fn):
