@@ -2,7 +2,8 @@
 
     python benchmarks/surgery_speed.py [--repeats 3] [--models resnet18,vit_b_16] [--quick]
 
-For each model, in one interleaved run (one thread, medians of ``--repeats``):
+For each model, in one interleaved run (one thread, medians of ``--repeats``, the order of the
+steps rotated each repeat):
 
 - (a) trace + analysis (``cgap_graph.trace``) against Torch-Pruning's ``DependencyGraph.build_dependency``;
 - (b) from the ``nn.Module``: trace + magnitude scores + remove 50% of every prunable group + shrink,
@@ -159,8 +160,12 @@ def measure(name: str, repeats: int) -> dict:
     consumes = {"prune", "tp_prune", "grow"}
     times = {k: [] for k in fns}
     errors = {}
-    for _ in range(repeats):
-        for key, fn in fns.items():
+    keys = list(fns)
+    for rep in range(repeats):
+        # the order rotates each repeat: what ran before moves a step's time by up to 1.5x here
+        # (memory the allocator kept or gave back), so no step always follows the same one
+        for key in keys[rep % len(keys):] + keys[:rep % len(keys)]:
+            fn = fns[key]
             if key in errors:
                 continue
             try:

@@ -196,7 +196,8 @@ class ModelRequest:
         shapes = self.shapes(loaded)
         dtypes = self.dtypes(len(shapes))
         t0 = time.perf_counter()
-        cg = trace(loaded.model, shapes, input_dtype=dtypes, leaf_modules=list(self.leaf))
+        # the loaded model is this command's own copy, read from disk: the edits may change it
+        cg = trace(loaded.model, shapes, input_dtype=dtypes, leaf_modules=list(self.leaf), inplace=True)
         return loaded, cg, time.perf_counter() - t0
 
 
