@@ -279,8 +279,8 @@ def _line(r: dict) -> str:
 
 def markdown(result: dict) -> str:
     """The README table of a result JSON (``--show``)."""
-    out = ["| model | params | trace | TP build | (a) | prune | MetaPruner | (b) | grow | clone | prune / clone "
-           "| grow / clone | masked vs shrunk |", "| --- " + "| ---: " * 12 + "|"]
+    out = ["| model | params | trace | TP build | (a) | prune | MetaPruner | (b) | prune, copying | grow | clone "
+           "| prune / clone | grow / clone | masked vs shrunk |", "| --- " + "| ---: " * 13 + "|"]
     ms = lambda r, k: f"{1e3 * r[k]:,.0f} ms" if r.get(k) else "n/a"  # noqa: E731
     x = lambda a, b: f"{a / b:.1f}x" if a and b else "n/a"  # noqa: E731
     for r in result["rows"]:
@@ -289,7 +289,8 @@ def markdown(result: dict) -> str:
         oracle += " (inexact reported)" if r.get("inexact_groups") else ""
         out.append(f"| {r['model']} | {r['params'] / 1e6:.1f}M | {ms(r, 'trace')} | {ms(r, 'tp_build')} | "
                    f"{x(r.get('tp_build'), r.get('trace'))} | {ms(r, 'prune')} | {ms(r, 'tp_prune')} | "
-                   f"{x(r.get('tp_prune'), r.get('prune'))} | {ms(r, 'grow')} | {ms(r, 'clone')} | "
+                   f"{x(r.get('tp_prune'), r.get('prune'))} | {ms(r, 'prune_copy')} | {ms(r, 'grow')} | "
+                   f"{ms(r, 'clone')} | "
                    f"{x(r.get('prune'), r.get('clone'))} | {x(r.get('grow'), r.get('clone'))} | {oracle} |")
     return "\n".join(out)
 
