@@ -176,3 +176,28 @@ def test_validation_guards_state_only_where_user_code_runs():
     # no folding probe (a real forward); the one run of the layer's code is the validation re-trace
     rep = prune_units(g, saliency(g, mode="magnitude"), 0.5, fold=False)
     assert rep.removed and g.module.get_submodule("count").n == 0
+
+
+def test_builtin_layers_written_by_other_code_are_restored():
+    """What a parent's forward assigns onto a built-in layer (whose own forward never runs in a
+    trace), or appends to a list one holds, is put back."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 4, 1)
+            self.b.seen = []
+
+        def forward(self, x):
+            y = self.a(x)
+            self.a.last = y  # a parent writing onto a built-in layer
+            self.b.seen.append(y)  # ... and into a list one holds
+            return self.b(y)
+
+    model = Net()
+    before = _state(model)
+    g = cg.trace(model, (1, 3, 8, 8))
+    assert {"a.last", "b.seen"} <= set(g.traced.restored)
+    after = _state(model)
+    for name in before:
+        _equal(before[name], after[name], name or "<root>")
+    assert model.b.seen == [] and not hasattr(model.a, "last")
