@@ -282,6 +282,17 @@ def test_group_that_does_not_validate_is_skipped():
     assert bad.id not in rep.removed and good.id in rep.removed
     assert g.group(good.id).width == 4 and g.group(bad.id).width == 8
     assert g.module(torch.randn(1, 3, 4, 4)).shape == (1, 2)
+    # the skipped group's units stay, zeroed and masked: the model is the masked one there
+    ref = cg.trace(model, (1, 3, 4, 4))
+    sal = _magnitude(ref)
+    dead = {**rep.removed, bad.id: sorted(int(u) for u in np.argsort(sal.units[bad.id], kind="stable")[:4])}
+    remove_units(ref, dead, shrink=False)
+    gone = torch.as_tensor(dead[bad.id])
+    assert float(g.module.a.weight[gone].abs().max()) == 0 and float(g.module.a.bias[gone].abs().max()) == 0
+    x = torch.randn(3, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a, b = ref.module(x), g.module(x)
+    assert float((a - b).abs().max()) <= 1e-5 * max(1.0, float(a.abs().max()))
 
 
 def test_swin_t_resizable_fraction():

@@ -212,9 +212,10 @@ def prune_units(cg: ChannelGraph, sal: Saliency, rate: float, *, fold: bool = Tr
 def remove_units(cg: ChannelGraph, dead: dict[int, list[int]], *, fold: bool = True, shrink: bool = True
                  ) -> PruneReport:
     """Zero the units' filters, fold their constant outputs into readers, zero them across their
-    groups (the masked model), then remove them (the shrunk model). A group whose removal does
-    not validate is skipped and named in ``report.skipped`` (its units stay, zeroed); it never
-    costs the other groups their pruning."""
+    groups (the masked model, ``shrink=False``), or remove them (the shrunk model, equal to the
+    masked one; the zeroing is skipped there, as the rows go). A group whose removal does not
+    validate is skipped and named in ``report.skipped`` (its units stay, zeroed and masked); it
+    never costs the other groups their pruning."""
     report = PruneReport(None, removed=dead)
     for gid in dead:
         notes = cg.group(gid).prune_notes
