@@ -97,29 +97,55 @@ def _new_tensors(cg: ChannelGraph, ctx: SurgeryContext, initializer: Initializer
     index_maps: dict[str, dict[int, np.ndarray]] = {}
     new_masks: dict[str, dict[int, np.ndarray]] = {}
     scratch: list[torch.Tensor] = []
+    # a few dozen layouts serve hundreds of slots (a norm's four tensors, a conv's weight and
+    # bias): each one's index map is worked out once per edit (read-only, as it is shared)
+    hits: dict[int, bool] = {}
+    maps: dict[tuple[int, int], tuple | None] = {}
     for key, slots in by_key.items():
-        hit = [s for s in slots if touched & set(t.leaves(s.expr))]
+        hit = [s for s in slots if _touches(t, s.expr, touched, hits)]
         if not hit:
             continue
         old = get_tensor(gm, key)
         index, new_mask, picked = {}, {}, {}
         for s in hit:
-            idx = t.positions(s.expr, ctx.sel)
-            if len(idx) == old.shape[s.dim] and np.array_equal(idx, np.arange(len(idx))):
-                continue
-            index[s.dim] = idx
-            if len(idx) <= 1 or bool((idx[1:] > idx[:-1]).all()):  # a removal: no copies
-                new_mask[s.dim] = np.zeros(len(idx), dtype=bool)
-            else:
-                first = np.zeros(len(idx), dtype=bool)
-                first[np.unique(idx, return_index=True)[1]] = True
-                new_mask[s.dim] = ~first
-            mult = np.bincount(idx, minlength=old.shape[s.dim])
-            picked[s.dim] = mult[idx] > 1
+            size = old.shape[s.dim]
+            got = maps.get((id(s.expr), size), _UNSEEN)
+            if got is _UNSEEN:
+                got = maps[id(s.expr), size] = _index_map(t.positions(s.expr, ctx.sel), size)
+            if got is not None:
+                index[s.dim], new_mask[s.dim], picked[s.dim] = got
         change = SlotChange(key, hit, old, _gather(old.detach(), index, scratch), index, new_mask, picked)
         new_tensors[key] = initializer(change, ctx).contiguous()
         index_maps[key], new_masks[key] = index, new_mask
     return new_tensors, index_maps, new_masks
+
+
+_UNSEEN = object()
+
+
+def _touches(t, expr, touched: set, hits: dict[int, bool]) -> bool:
+    got = hits.get(id(expr))
+    if got is None:
+        got = hits[id(expr)] = bool(touched & set(t.leaves(expr)))
+    return got
+
+
+def _index_map(idx: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(source positions, which outputs are new copies, which outputs have copies) for one
+    layout, or None where the selection leaves it as it is."""
+    if len(idx) == size and np.array_equal(idx, np.arange(len(idx))):
+        return None
+    if len(idx) <= 1 or bool((idx[1:] > idx[:-1]).all()):  # a removal: no copies
+        new_mask = np.zeros(len(idx), dtype=bool)
+    else:
+        first = np.zeros(len(idx), dtype=bool)
+        first[np.unique(idx, return_index=True)[1]] = True
+        new_mask = ~first
+    picked = np.bincount(idx, minlength=size)[idx] > 1
+    idx = idx.copy()  # it may be the caller's selection vector itself, which must stay writable
+    for a in (idx, new_mask, picked):
+        a.flags.writeable = False
+    return idx, new_mask, picked
 
 
 def _gather(w: torch.Tensor, index: dict[int, np.ndarray], scratch: list[torch.Tensor]) -> torch.Tensor:
