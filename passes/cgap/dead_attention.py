@@ -48,15 +48,22 @@ def static_value(dc, node) -> tuple | None:
     return None
 
 
+def rows_zero(weight: torch.Tensor, known: np.ndarray | None, pos: np.ndarray) -> bool:
+    """Whether ``weight``'s rows at ``pos`` are zero: known (zeroed just now) or read."""
+    if known is not None and known[pos].all():
+        return True
+    return bool(weight[torch.as_tensor(pos, device=weight.device)].abs().max() == 0)
+
+
 def linear_value(dc, node: fx.Node, pos: np.ndarray, ndim: int):
     """``F.linear(x, w, b)`` with ``w``'s rows at ``pos`` zero: ``b`` there, whatever ``x``."""
     w = static_value(dc, node.args[1] if len(node.args) > 1 else node.kwargs.get("weight"))
     if w is None or not isinstance(w[0], torch.Tensor) or w[0].dim() != 2 or w[0].shape[0] <= int(pos.max()):
         return None
     weight, rows = w
-    idx = torch.as_tensor(pos, device=weight.device)
-    if not (rows is not None and rows[pos].all()) and weight[idx].abs().max() != 0:
+    if not rows_zero(weight, rows, pos):
         return None
+    idx = torch.as_tensor(pos, device=weight.device)
     b = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
     if b is None:
         return torch.zeros(len(pos), dtype=weight.dtype, device=weight.device), ndim - 1

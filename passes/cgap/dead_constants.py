@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cgap_graph.ir.graph import ChannelGraph
-from cgap_graph.passes.cgap.dead_attention import attention_merge, linear_value
+from cgap_graph.passes.cgap.dead_attention import attention_merge, linear_value, rows_zero
 from cgap_graph.rules.elementwise import KEEP_ZERO_FUNCS, KEEP_ZERO_METHODS, LOSE_ZERO_FUNCS, LOSE_ZERO_METHODS
 
 NOT_CONSTANT = "not constant"  # the value at the removed channels depends on the input
@@ -270,8 +270,7 @@ class DeadConstants:
             w = mod.weight
             if w.shape[0] <= int(pos.max()):
                 return None
-            rows = self.zeroed.get(f"{node.target}.weight")
-            if not (rows is not None and rows[pos].all()) and w[torch.as_tensor(pos)].abs().max() != 0:
+            if not rows_zero(w.detach(), self.zeroed.get(f"{node.target}.weight"), pos):
                 return None  # the rows are not all zero: the output depends on the input
             cdim = ndim - 1 if isinstance(mod, nn.Linear) else 1
             b = mod.bias
