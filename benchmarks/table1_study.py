@@ -70,6 +70,30 @@ def cgap_config(args, **over) -> TrainConfig:
     return TrainConfig(**fields)
 
 
+KEEP_RATES = {"conv1": 0.2, "conv2": 0.5, "fc1": 0.95, "fc2": 0.81}  # per-layer rates that keep filters
+
+
+def variants(epochs: int) -> dict[str, tuple[str, dict]]:
+    """CGaP variants run on every seed (``--variants NAME,...``, jobs ``var_NAME_s{k}``): label, overrides."""
+    long = epochs + max(1, epochs // 2)  # as many epochs as the pruning-only rows
+    keep = {"gamma_w_layers": KEEP_RATES}
+    return {
+        "keepft45": ("CGaP, rates that keep filters, the same growth and pruning epochs, fine-tuned as long as "
+                     "pruning-only", {**keep, "epochs": long, "prune_start": 0.3 * epochs / long,
+                                      "prune_end": 0.6 * epochs / long}),
+        "keepft45lr05": ("CGaP, rates that keep filters, fine-tuned as long as pruning-only from lr 0.05",
+                         {**keep, "epochs": long, "prune_start": 0.3 * epochs / long,
+                          "prune_end": 0.6 * epochs / long, "restart_lr": 0.05}),
+        "keeprestore": ("CGaP, rates that keep filters, survivors get their zeroed weights back",
+                        {**keep, "zero_survivors": False}),
+        "keeplr05": ("CGaP, rates that keep filters, lr restarted at 0.05", {**keep, "restart_lr": 0.05}),
+        "keepdecay": ("CGaP, rates that keep filters, lr divided by 10 at every half of the epochs",
+                      {**keep, "lr_decay_every": 0.5}),
+        "keepsal50": ("CGaP, rates that keep filters, Taylor scores over 50 batches",
+                      {**keep, "saliency_batches": 50}),
+    }
+
+
 # job name -> (kind, dependencies, settings)
 def job_table(args) -> dict[str, tuple[str, list[str], dict]]:
     jobs: dict[str, tuple[str, list[str], dict]] = {}
@@ -101,7 +125,14 @@ def job_table(args) -> dict[str, tuple[str, list[str], dict]]:
                   "try_keeplong_s0": {"gamma_w_layers": keep, "epochs": args.epochs + half},
                   # the growth ratio: a smaller and a larger beta than the paper's 0.6
                   "try_keepbeta0.3_s0": {"gamma_w_layers": keep, "beta": 0.3},
-                  "try_keepbeta1_s0": {"gamma_w_layers": keep, "beta": 1.0}}
+                  "try_keepbeta1_s0": {"gamma_w_layers": keep, "beta": 1.0},
+                  # more saliency batches (less noisy Taylor scores), a higher restart, slower decay,
+                  # rates that keep conv1 too, a later start of pruning
+                  "try_keepsal50_s0": {"gamma_w_layers": keep, "saliency_batches": 50},
+                  "try_keeplr05_s0": {"gamma_w_layers": keep, "restart_lr": 0.05},
+                  "try_keepdecay_s0": {"gamma_w_layers": keep, "lr_decay_every": 0.5},
+                  "try_keepconv1_s0": {"gamma_w_layers": {**keep, "conv1": 0.1, "conv2": 0.4}},
+                  "try_keepstart4_s0": {"gamma_w_layers": keep, "prune_start": 0.4}}
     for name, over in tried.items():
         jobs[name] = ("cgap", [], {"seed": 0, "over": over})
     for k in args.seeds[1:]:  # the variants that won on seed 0, confirmed on the other seeds
@@ -109,6 +140,22 @@ def job_table(args) -> dict[str, tuple[str, list[str], dict]]:
         if args.more_tries:
             jobs[f"try_keepshort_s{k}"] = ("cgap", [], {"seed": k, "over": tried["try_keepshort_s0"]})
             jobs[f"try_keeplong_s{k}"] = ("cgap", [], {"seed": k, "over": tried["try_keeplong_s0"]})
+    for name in args.variants:
+        for k in args.seeds:
+            if k == 0 and f"try_{name}_s0" in jobs:
+                continue  # the same job, tried on seed 0 first
+            jobs[f"var_{name}_s{k}"] = ("cgap", [], {"seed": k, "over": variants(args.epochs)[name][1]})
+    # Taylor pruning-only matched to a variant: to its final count per seed, fine-tuned from the
+    # variant's restart learning rate (45 epochs from the full baseline, 30 from the half one)
+    if args.match:
+        lr = variants(args.epochs)[args.match][1].get("restart_lr", FT_LR)
+        for k in args.seeds:
+            var = f"try_{args.match}_s0" if k == 0 and f"try_{args.match}_s0" in jobs else f"var_{args.match}_s{k}"
+            for e, tag in ((args.epochs, ""), (half, "e")):
+                jobs.setdefault(f"base{e}_s{k}", ("baseline", [], {"seed": k, "epochs": e}))
+                jobs[f"taylorm{tag}_s{k}"] = ("taylor", [f"base{e}_s{k}", var],
+                                              {"seed": k, "ft_epochs": half if e == args.epochs else args.epochs - half,
+                                               "ft_lr": lr})
     # equal total epochs (a baseline of half the epochs + fine-tuning) and equal training FLOPs
     # (a baseline of ``flops_epochs``, whose training costs about what a CGaP run costs)
     for k in args.equal_seeds:
@@ -178,7 +225,7 @@ def run_job(args, name: str) -> dict:
         warnings.filterwarnings("ignore")
         targs = argparse.Namespace(train_limit=args.train_limit, seed=seed)
         model, counts = _taylor_prune(targs, base_dir / "model.pt", target)  # stops at <= CGaP's count
-        cfg = TrainConfig(epochs=s["ft_epochs"], lr=FT_LR, f_growth=0, f_pruning=0, seed=seed,
+        cfg = TrainConfig(epochs=s["ft_epochs"], lr=s.get("ft_lr", FT_LR), f_growth=0, f_pruning=0, seed=seed,
                           train_limit=args.train_limit, test_limit=args.test_limit)
         res = train_run(model, SHAPE, "mnist", out, cfg, progress=False, overwrite=True)
     else:  # Algorithm 3 alone: the CGaP hook with growth off, from the trained baseline
@@ -205,6 +252,8 @@ def schedule(args) -> None:
                 "--seeds", ",".join(map(str, args.seeds)), "--target", str(args.target),
                 "--equal-seeds", ",".join(map(str, args.equal_seeds)), "--flops-epochs", str(args.flops_epochs)]
     base_cmd += ["--quick"] * args.quick + ["--more-tries"] * args.more_tries
+    base_cmd += ["--variants", ",".join(args.variants)] if args.variants else []
+    base_cmd += ["--match", args.match] if args.match else []
     todo = [n for n in todo if n not in external]
     while todo or running or external:
         for n in list(external):
@@ -255,7 +304,9 @@ METHODS = [("baseline", "LeNet5-Baseline", "base{E}_s"), ("cgap", "CGaP", "cgap_
            ("rand", "CGaP, random growth (Fig. 7)", "rand_s"),
            ("keepconv", "CGaP, per-layer rates that keep filters", "try_keepconv_s"),
            ("keepshort", "CGaP, rates that keep filters, pruning over by half-way", "try_keepshort_s"),
-           ("keeplong", "CGaP, rates that keep filters, as many epochs as pruning-only", "try_keeplong_s")]
+           ("keeplong", "CGaP, rates that keep filters, as many epochs as pruning-only", "try_keeplong_s"),
+           ("taylorm", "Taylor + fine-tuning from the matched variant's lr, to its counts", "taylorm_s"),
+           ("taylorme", "Taylor, matched, equal total epochs", "taylorme_s")]
 
 
 def markdown(rows: list[dict]) -> str:
@@ -281,14 +332,18 @@ def table(args) -> None:
         f = args.out / n / "study.json"
         if f.exists():
             runs[n] = json.loads(f.read_text())
+    for n, r in _previous_runs(args).items():  # runs of an earlier folder (a fresh checkout) are kept
+        runs.setdefault(n, r)
     t = Table(title=f"Table I: LeNet-5 / MNIST, {args.epochs} epochs (mean +- std over seeds)", header_style="bold")
     for col in ("method", "seeds", "accuracy %", "params", "FLOPs", "non-zero params", "non-zero FLOPs",
                 "epochs", "training FLOPs"):
         t.add_column(col, justify="left" if col == "method" else "right")
     half = max(1, args.epochs // 2)
-    for key, label, prefix in METHODS:
+    methods = METHODS + [(f"var_{n}", label, f"var_{n}_s") for n, (label, _) in variants(args.epochs).items()]
+    for key, label, prefix in methods:
         prefix = prefix.format(E=args.epochs)
-        got = [runs[n] | {"job": n} for n in runs if n.startswith(prefix) and n[len(prefix):].isdigit()]
+        got = [runs[n] | {"job": n} for n in runs if (n.startswith(prefix) and n[len(prefix):].isdigit())
+               or (key.startswith("var_") and n == f"try_{key[4:]}_s0")]
         if not got:
             continue
         for r in got:
@@ -320,6 +375,17 @@ def table(args) -> None:
     print(f"wrote {write_json('table1_study', result, args.quick)}")
 
 
+def _previous_runs(args) -> dict[str, dict]:
+    """Every run of the saved JSON's rows, by job name (same epochs only)."""
+    path = RESULTS / f"table1_study{'_quick' if args.quick else ''}.json"
+    if not path.exists():
+        return {}
+    old = json.loads(path.read_text())
+    if old.get("epochs") != args.epochs:
+        return {}
+    return {r["job"]: {k: v for k, v in r.items() if k != "job"} for row in old.get("rows", []) for r in row["runs"]}
+
+
 def _keep_previous(args, rows: list[dict], extra: dict) -> tuple[list[dict], dict]:
     """Rows and single runs of the saved JSON that this output folder has no runs for (a study
     resumed in a fresh checkout, or more tries run in another folder) are kept, not dropped."""
@@ -330,7 +396,7 @@ def _keep_previous(args, rows: list[dict], extra: dict) -> tuple[list[dict], dic
     if old.get("epochs") != args.epochs:
         return rows, extra
     have = {r["method"] for r in rows}
-    order = [m for m, _, _ in METHODS]
+    order = [m for m, _, _ in METHODS] + [f"var_{n}" for n in variants(args.epochs)]
     merged = rows + [r for r in old.get("rows", []) if r["method"] not in have]
     merged.sort(key=lambda r: order.index(r["method"]) if r["method"] in order else len(order))
     return merged, {**old.get("single_runs", {}), **extra}
@@ -347,6 +413,10 @@ def main() -> None:
     p.add_argument("--more-tries", action="store_true",
                    help="also: a later or shorter pruning window, no lr restart, function-preserving growth, "
                         "45 epochs, beta 0.3 and 1")
+    p.add_argument("--variants", type=lambda s: [v for v in s.split(",") if v], default=[],
+                   help="CGaP variants to run on every seed: " + ", ".join(variants(30)))
+    p.add_argument("--match", default=None,
+                   help="also run Taylor pruning-only to this variant's counts, fine-tuned from its learning rate")
     p.add_argument("--seed-width", type=float, default=0.25)
     p.add_argument("--target", type=int, default=7900, help="CGaP's parameter target (the paper's row: 8K)")
     p.add_argument("--tau-accu", type=float, default=0.985)
