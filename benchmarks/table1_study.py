@@ -428,6 +428,11 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="3 epochs on 3,000 images: checks the script runs")
     args = p.parse_args()
     args.train_limit = args.test_limit = None
+    unknown = [v for v in args.variants + [args.match] * bool(args.match) if v not in variants(args.epochs)]
+    if unknown:
+        p.error(f"unknown variant {unknown[0]!r}; choose from {', '.join(variants(args.epochs))}")
+    if args.match and args.match not in args.variants:
+        p.error(f"--match {args.match} needs that variant's runs: add it to --variants")
     if args.quick:
         args.epochs, args.train_limit, args.test_limit, args.tau_accu = 4, 3000, 1000, 0.5
     args.out.mkdir(parents=True, exist_ok=True)
