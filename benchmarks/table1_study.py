@@ -20,7 +20,12 @@ so the study resumes where it stopped and runs ``--workers`` jobs at a time. Job
   baseline of ``--flops-epochs`` epochs, whose training costs about what a CGaP run costs (equal FLOPs);
 - ``rand_s{k}``: CGaP with random growth (Fig. 7's ablation: which units are copied is random);
 - ``seedw{W}_s0``: CGaP from other seed widths (Table V's robustness ablation);
-- ``try_*``: CGaP variants tried on seed 0 (what was tried, including what did not help).
+- ``try_*``: CGaP variants tried on seed 0 (what was tried, including what did not help);
+- ``var_{NAME}_s{k}`` (``--variants NAME,...``): a variant of ``variants()`` on every seed (seed 0 is the
+  ``try_`` job where one has the same settings);
+- ``taylorm_{NAME}_s{k}``, ``taylorme_{NAME}_s{k}`` (``--match NAME``): Torch-Pruning Taylor pruning-only
+  to that variant's final count per seed, fine-tuned from the variant's restart learning rate, from the
+  full and from the half baseline (45 and 30 epochs in all): a change to fine-tuning is given to both sides.
 
 Every row reports the structured counts (parameters and FLOPs of the shrunk model, 2 x MACs) and the
 non-zero counts (weights Algorithm 3 zeroed inside surviving units excluded; FLOPs = 2 x non-zero MACs).
@@ -84,6 +89,8 @@ def variants(epochs: int) -> dict[str, tuple[str, dict]]:
         "keepft45lr05": ("CGaP, rates that keep filters, fine-tuned as long as pruning-only from lr 0.05",
                          {**keep, "epochs": long, "prune_start": 0.3 * epochs / long,
                           "prune_end": 0.6 * epochs / long, "restart_lr": 0.05}),
+        "keepc1lr05": ("CGaP, rates that keep filters and leave conv1 alone, lr restarted at 0.05",
+                       {"gamma_w_layers": {**KEEP_RATES, "conv1": 0.0}, "restart_lr": 0.05}),
         "keeprestore": ("CGaP, rates that keep filters, survivors get their zeroed weights back",
                         {**keep, "zero_survivors": False}),
         "keeplr05": ("CGaP, rates that keep filters, lr restarted at 0.05", {**keep, "restart_lr": 0.05}),
@@ -147,13 +154,13 @@ def job_table(args) -> dict[str, tuple[str, list[str], dict]]:
             jobs[f"var_{name}_s{k}"] = ("cgap", [], {"seed": k, "over": variants(args.epochs)[name][1]})
     # Taylor pruning-only matched to a variant: to its final count per seed, fine-tuned from the
     # variant's restart learning rate (45 epochs from the full baseline, 30 from the half one)
-    if args.match:
-        lr = variants(args.epochs)[args.match][1].get("restart_lr", FT_LR)
+    for m in args.match:
+        lr = variants(args.epochs)[m][1].get("restart_lr", FT_LR)
         for k in args.seeds:
-            var = f"try_{args.match}_s0" if k == 0 and f"try_{args.match}_s0" in jobs else f"var_{args.match}_s{k}"
+            var = f"try_{m}_s0" if k == 0 and f"try_{m}_s0" in jobs else f"var_{m}_s{k}"
             for e, tag in ((args.epochs, ""), (half, "e")):
                 jobs.setdefault(f"base{e}_s{k}", ("baseline", [], {"seed": k, "epochs": e}))
-                jobs[f"taylorm{tag}_s{k}"] = ("taylor", [f"base{e}_s{k}", var],
+                jobs[f"taylorm{tag}_{m}_s{k}"] = ("taylor", [f"base{e}_s{k}", var],
                                               {"seed": k, "ft_epochs": half if e == args.epochs else args.epochs - half,
                                                "ft_lr": lr})
     # equal total epochs (a baseline of half the epochs + fine-tuning) and equal training FLOPs
@@ -253,7 +260,7 @@ def schedule(args) -> None:
                 "--equal-seeds", ",".join(map(str, args.equal_seeds)), "--flops-epochs", str(args.flops_epochs)]
     base_cmd += ["--quick"] * args.quick + ["--more-tries"] * args.more_tries
     base_cmd += ["--variants", ",".join(args.variants)] if args.variants else []
-    base_cmd += ["--match", args.match] if args.match else []
+    base_cmd += ["--match", ",".join(args.match)] if args.match else []
     todo = [n for n in todo if n not in external]
     while todo or running or external:
         for n in list(external):
@@ -304,9 +311,19 @@ METHODS = [("baseline", "LeNet5-Baseline", "base{E}_s"), ("cgap", "CGaP", "cgap_
            ("rand", "CGaP, random growth (Fig. 7)", "rand_s"),
            ("keepconv", "CGaP, per-layer rates that keep filters", "try_keepconv_s"),
            ("keepshort", "CGaP, rates that keep filters, pruning over by half-way", "try_keepshort_s"),
-           ("keeplong", "CGaP, rates that keep filters, as many epochs as pruning-only", "try_keeplong_s"),
-           ("taylorm", "Taylor + fine-tuning from the matched variant's lr, to its counts", "taylorm_s"),
-           ("taylorme", "Taylor, matched, equal total epochs", "taylorme_s")]
+           ("keeplong", "CGaP, rates that keep filters, as many epochs as pruning-only", "try_keeplong_s")]
+
+
+def variant_methods(epochs: int) -> list[tuple[str, str, str]]:
+    """Each variant's row, then the Taylor pruning-only rows matched to it (where they ran)."""
+    out = []
+    for n, (label, over) in variants(epochs).items():
+        lr = over.get("restart_lr", FT_LR)
+        out += [(f"var_{n}", label, f"var_{n}_s"),
+                (f"taylorm_{n}", f"Taylor + fine-tuning from lr {lr}, to the counts of the row above",
+                 f"taylorm_{n}_s"),
+                (f"taylorme_{n}", f"Taylor from lr {lr}, to the same counts, equal total epochs", f"taylorme_{n}_s")]
+    return out
 
 
 def markdown(rows: list[dict]) -> str:
@@ -339,7 +356,7 @@ def table(args) -> None:
                 "epochs", "training FLOPs"):
         t.add_column(col, justify="left" if col == "method" else "right")
     half = max(1, args.epochs // 2)
-    methods = METHODS + [(f"var_{n}", label, f"var_{n}_s") for n, (label, _) in variants(args.epochs).items()]
+    methods = METHODS + variant_methods(args.epochs)
     for key, label, prefix in methods:
         prefix = prefix.format(E=args.epochs)
         got = [runs[n] | {"job": n} for n in runs if (n.startswith(prefix) and n[len(prefix):].isdigit())
@@ -396,7 +413,7 @@ def _keep_previous(args, rows: list[dict], extra: dict) -> tuple[list[dict], dic
     if old.get("epochs") != args.epochs:
         return rows, extra
     have = {r["method"] for r in rows}
-    order = [m for m, _, _ in METHODS] + [f"var_{n}" for n in variants(args.epochs)]
+    order = [m for m, _, _ in METHODS + variant_methods(args.epochs)]
     merged = rows + [r for r in old.get("rows", []) if r["method"] not in have]
     merged.sort(key=lambda r: order.index(r["method"]) if r["method"] in order else len(order))
     return merged, {**old.get("single_runs", {}), **extra}
@@ -415,8 +432,8 @@ def main() -> None:
                         "45 epochs, beta 0.3 and 1")
     p.add_argument("--variants", type=lambda s: [v for v in s.split(",") if v], default=[],
                    help="CGaP variants to run on every seed: " + ", ".join(variants(30)))
-    p.add_argument("--match", default=None,
-                   help="also run Taylor pruning-only to this variant's counts, fine-tuned from its learning rate")
+    p.add_argument("--match", type=lambda s: [v for v in s.split(",") if v], default=[],
+                   help="also run Taylor pruning-only to these variants' counts, fine-tuned from their learning rate")
     p.add_argument("--seed-width", type=float, default=0.25)
     p.add_argument("--target", type=int, default=7900, help="CGaP's parameter target (the paper's row: 8K)")
     p.add_argument("--tau-accu", type=float, default=0.985)
@@ -428,11 +445,12 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="3 epochs on 3,000 images: checks the script runs")
     args = p.parse_args()
     args.train_limit = args.test_limit = None
-    unknown = [v for v in args.variants + [args.match] * bool(args.match) if v not in variants(args.epochs)]
+    unknown = [v for v in args.variants + args.match if v not in variants(args.epochs)]
     if unknown:
         p.error(f"unknown variant {unknown[0]!r}; choose from {', '.join(variants(args.epochs))}")
-    if args.match and args.match not in args.variants:
-        p.error(f"--match {args.match} needs that variant's runs: add it to --variants")
+    for m in args.match:
+        if m not in args.variants:
+            p.error(f"--match {m} needs that variant's runs: add it to --variants")
     if args.quick:
         args.epochs, args.train_limit, args.test_limit, args.tau_accu = 4, 3000, 1000, 0.5
     args.out.mkdir(parents=True, exist_ok=True)

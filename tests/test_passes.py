@@ -20,6 +20,7 @@ from cgap_graph.passes.cgap.prune import prune, prune_units, sparse_units, zero_
 from cgap_graph.passes.cgap.saliency import saliency
 from cgap_graph.passes.cgap.seed import capacity_by_id, seed
 from cgap_graph.run import data
+from cgap_graph.run.config import TrainConfig
 from cgap_graph.verify import make_responsive
 from cgap_graph.verify.oracles import _MaskedStatsInterpreter
 
@@ -197,6 +198,23 @@ def test_alg3_with_folding_equals_literal_algorithm(trained_lenet):
     assert rep.removed == dead and rep.folded and not rep.not_folded
     assert (g.module.eval()(x) - ref).abs().max().item() <= 1e-5
     assert g.param_count() < literal.param_count()
+
+
+def test_layer_rate_zero_leaves_the_layer_alone():
+    """A per-layer gamma_W of 0 keeps every unit and weight of that layer; the others are pruned
+    as before (the Table I study keeps conv1 this way)."""
+    torch.manual_seed(0)
+    g = cg.trace(zoo.build("lenet5"), (1, 1, 28, 28))
+    conv1 = g.module.get_submodule("conv1").weight.detach().clone()
+    rates = {"conv1": 0.0, "conv2": 0.5, "fc1": 0.95, "fc2": 0.81}
+    widths = [gr.width for gr in g.groups]
+    rep = prune(g, saliency(g, mode="magnitude"), 0.5, None, layer_rates=rates)
+    after = [gr.width for gr in g.groups]
+    assert after[0] == widths[0] == 20 and after[1] < widths[1] and after[2] < widths[2]
+    assert torch.equal(g.module.get_submodule("conv1").weight[:, :, :, :], conv1)
+    assert rep.weights_zeroed > 0
+    with pytest.raises(CgapError, match=r"gamma-w for layer 'fc1' must be in \[0, 1\)"):
+        TrainConfig(gamma_w_layers={"fc1": -0.1}).validate()
 
 
 def test_unfoldable_constants_are_reported():

@@ -18,7 +18,7 @@ import table1_study  # noqa: E402
 
 def _args(**over) -> argparse.Namespace:
     base = dict(epochs=30, seeds=[0, 1, 2], equal_seeds=[0], flops_epochs=5, more_tries=True, seed_width=0.25,
-                target=7900, tau_accu=0.985, variants=["keeplr05", "keepft45"], match="keeplr05",
+                target=7900, tau_accu=0.985, variants=["keeplr05", "keepft45"], match=["keeplr05"],
                 train_limit=None, test_limit=None)
     return argparse.Namespace(**{**base, **over})
 
@@ -39,15 +39,15 @@ def test_variants_run_on_every_seed_and_seed_0_reuses_the_tried_job():
 
 def test_matched_taylor_prunes_to_the_variant_and_fine_tunes_from_its_lr():
     jobs = table1_study.job_table(_args())
-    assert jobs["taylorm_s0"][1] == ["base30_s0", "try_keeplr05_s0"]
+    assert jobs["taylorm_keeplr05_s0"][1] == ["base30_s0", "try_keeplr05_s0"]
     for k in (1, 2):
-        kind, deps, s = jobs[f"taylorm_s{k}"]
+        kind, deps, s = jobs[f"taylorm_keeplr05_s{k}"]
         assert (kind, deps, s["ft_epochs"], s["ft_lr"]) == ("taylor", [f"base30_s{k}", f"var_keeplr05_s{k}"], 15, 0.05)
-        kind, deps, s = jobs[f"taylorme_s{k}"]  # equal total epochs: a 15-epoch baseline + 15
+        kind, deps, s = jobs[f"taylorme_keeplr05_s{k}"]  # equal total epochs: a 15-epoch baseline + 15
         assert (deps, s["ft_epochs"], s["ft_lr"]) == ([f"base15_s{k}", f"var_keeplr05_s{k}"], 15, 0.05)
         assert jobs[f"base15_s{k}"] == ("baseline", [], {"seed": k, "epochs": 15})
 
 
 def test_unknown_variant_is_a_key_error():
     with pytest.raises(KeyError):
-        table1_study.job_table(_args(variants=["nonesuch"], match=None))
+        table1_study.job_table(_args(variants=["nonesuch"], match=[]))

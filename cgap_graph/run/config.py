@@ -43,7 +43,7 @@ class TrainConfig:
     f_pruning: float = 1.0  # prune every 1/f_pruning epochs
     gamma_w: float = 0.5
     gamma_f: float | None = None  # default: gamma_w, as in the paper
-    gamma_w_layers: dict[str, float] = field(default_factory=dict)  # per-layer gamma_W (module -> rate)
+    gamma_w_layers: dict[str, float] = field(default_factory=dict)  # per-layer gamma_W (module -> rate; 0: not pruned)
     prune_start: float = 0.5
     prune_end: float = 0.8
     prune_target: int | None = None  # stop pruning once the model has at most this many parameters
@@ -79,7 +79,7 @@ class TrainConfig:
             if getattr(self, name) not in allowed and not (name in _OPTIONAL_CHOICES and getattr(self, name) is None):
                 raise BadValue(name, f"must be {' or '.join(allowed)}, got '{getattr(self, name)}'")
         for name, r in self.gamma_w_layers.items():
-            check_number(f"gamma_w for layer '{name}'", r, 0.0, 1.0, lo_open=True, hi_open=True)
+            check_number(f"gamma_w for layer '{name}'", r, 0.0, 1.0, lo_open=False, hi_open=True)  # 0: left alone
         if not self.prune_start <= self.prune_end:
             raise BadValue("prune_start", f"must be <= prune-end, got {self.prune_start} and {self.prune_end}")
         if self.budget is not None:

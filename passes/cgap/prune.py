@@ -137,6 +137,8 @@ def sparse_units(cg: ChannelGraph, unit_rate: float | None, weight_rate: float |
             threshold = float(np.mean(rates)) if rates else weight_rate
         else:
             threshold = unit_rate
+        if threshold <= 0:  # a layer rate of 0: its units are left alone
+            continue
         units = [int(u) for u in np.nonzero(sp > threshold)[0]]
         if len(units) >= g.width:  # keep the least sparse unit
             units.remove(int(np.argmin(sp)))
