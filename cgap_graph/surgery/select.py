@@ -98,7 +98,7 @@ def _new_tensors(cg: ChannelGraph, ctx: SurgeryContext, initializer: Initializer
     new_masks: dict[str, dict[int, np.ndarray]] = {}
     scratch: list[torch.Tensor] = []
     # a few dozen layouts serve hundreds of slots (a norm's four tensors, a conv's weight and
-    # bias): each one's index map is worked out once per edit (read-only, as it is shared)
+    # bias): each one's index map is worked out once per edit (shared: never written)
     hits: dict[int, bool] = {}
     maps: dict[tuple[int, int], tuple | None] = {}
     for key, slots in by_key.items():
@@ -142,10 +142,9 @@ def _index_map(idx: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.n
         first[np.unique(idx, return_index=True)[1]] = True
         new_mask = ~first
     picked = np.bincount(idx, minlength=size)[idx] > 1
-    idx = idx.copy()  # it may be the caller's selection vector itself, which must stay writable
-    for a in (idx, new_mask, picked):
-        a.flags.writeable = False
-    return idx, new_mask, picked
+    # a copy: it may be the caller's selection vector itself. Not flagged read-only although it is
+    # shared: torch warns on every read-only array it wraps (the optimizer carry-over wraps these)
+    return idx.copy(), new_mask, picked
 
 
 def _gather(w: torch.Tensor, index: dict[int, np.ndarray], scratch: list[torch.Tensor]) -> torch.Tensor:
