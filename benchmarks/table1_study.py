@@ -118,7 +118,7 @@ def job_table(args) -> dict[str, tuple[str, list[str], dict]]:
         jobs[f"seedw{w}_s0"] = ("cgap", [], {"seed": 0, "seed_width": w})
     tried = {"try_budget_s0": {"budget": f"params={args.target}", "prune_target": None},
              "try_keepzeros_s0": {"keep_zeros": True},
-             "try_keepconv_s0": {"gamma_w_layers": {"conv1": 0.2, "conv2": 0.5, "fc1": 0.95, "fc2": 0.81}}}
+             "try_keepconv_s0": {"gamma_w_layers": KEEP_RATES}}
     if args.more_tries:
         keep = tried["try_keepconv_s0"]["gamma_w_layers"]
         tried |= {"try_late_s0": {"prune_start": 0.5, "prune_end": 0.8}, "try_norestart_s0": {"restart_lr": None},
@@ -133,11 +133,9 @@ def job_table(args) -> dict[str, tuple[str, list[str], dict]]:
                   # the growth ratio: a smaller and a larger beta than the paper's 0.6
                   "try_keepbeta0.3_s0": {"gamma_w_layers": keep, "beta": 0.3},
                   "try_keepbeta1_s0": {"gamma_w_layers": keep, "beta": 1.0},
-                  # more saliency batches (less noisy Taylor scores), a higher restart, slower decay,
-                  # rates that keep conv1 too, a later start of pruning
-                  "try_keepsal50_s0": {"gamma_w_layers": keep, "saliency_batches": 50},
-                  "try_keeplr05_s0": {"gamma_w_layers": keep, "restart_lr": 0.05},
-                  "try_keepdecay_s0": {"gamma_w_layers": keep, "lr_decay_every": 0.5},
+                  # more saliency batches (less noisy Taylor scores), a higher restart, slower decay
+                  # (the variants of the same names), rates that keep conv1 too, a later start of pruning
+                  **{f"try_{n}_s0": variants(args.epochs)[n][1] for n in ("keepsal50", "keeplr05", "keepdecay")},
                   "try_keepconv1_s0": {"gamma_w_layers": {**keep, "conv1": 0.1, "conv2": 0.4}},
                   "try_keepstart4_s0": {"gamma_w_layers": keep, "prune_start": 0.4}}
     for name, over in tried.items():
@@ -392,25 +390,24 @@ def table(args) -> None:
     print(f"wrote {write_json('table1_study', result, args.quick)}")
 
 
-def _previous_runs(args) -> dict[str, dict]:
-    """Every run of the saved JSON's rows, by job name (same epochs only)."""
+def _saved(args) -> dict:
+    """The saved JSON of this study, or {} when there is none or it has other epochs."""
     path = RESULTS / f"table1_study{'_quick' if args.quick else ''}.json"
-    if not path.exists():
-        return {}
-    old = json.loads(path.read_text())
-    if old.get("epochs") != args.epochs:
-        return {}
+    old = json.loads(path.read_text()) if path.exists() else {}
+    return old if old.get("epochs") == args.epochs else {}
+
+
+def _previous_runs(args) -> dict[str, dict]:
+    """Every run of the saved JSON's rows, by job name."""
+    old = _saved(args)
     return {r["job"]: {k: v for k, v in r.items() if k != "job"} for row in old.get("rows", []) for r in row["runs"]}
 
 
 def _keep_previous(args, rows: list[dict], extra: dict) -> tuple[list[dict], dict]:
     """Rows and single runs of the saved JSON that this output folder has no runs for (a study
     resumed in a fresh checkout, or more tries run in another folder) are kept, not dropped."""
-    path = RESULTS / f"table1_study{'_quick' if args.quick else ''}.json"
-    if not path.exists():
-        return rows, extra
-    old = json.loads(path.read_text())
-    if old.get("epochs") != args.epochs:
+    old = _saved(args)
+    if not old:
         return rows, extra
     have = {r["method"] for r in rows}
     order = [m for m, _, _ in METHODS + variant_methods(args.epochs)]
