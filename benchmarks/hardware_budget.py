@@ -22,10 +22,8 @@ import json
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import onnxruntime as ort
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,7 +33,7 @@ from common import RESULTS, machine, write_json  # noqa: E402
 import cgap_graph as cg  # noqa: E402
 from cgap_graph.passes.cgap.budget import budget_prune, measure, parse_budget  # noqa: E402
 from cgap_graph.passes.cgap.saliency import saliency  # noqa: E402
-from cgap_graph.passes.export import export_onnx  # noqa: E402
+from cgap_graph.passes.export import export_onnx, median_run_seconds, session  # noqa: E402
 from cgap_graph.passes.fpga.cost import cost_onnx  # noqa: E402
 from cgap_graph.passes.fpga.plot import plot_pareto  # noqa: E402
 from cgap_graph.run import data  # noqa: E402
@@ -46,21 +44,12 @@ from cgap_graph.run.loop import train_run  # noqa: E402
 def _session(module, shape, tmp: Path, name: str):
     path = tmp / f"{name}.onnx"
     export_onnx(module, shape, path, check=False)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return session(path, threads=1)
 
 
 def _latency(sess, shape, batch: int, runs: int) -> float:
     x = torch.randn(batch, *shape[1:]).numpy()
-    name = sess.get_inputs()[0].name
-    sess.run(None, {name: x})
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        sess.run(None, {name: x})
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return median_run_seconds(sess, {sess.get_inputs()[0].name: x}, runs)
 
 
 def part_a(names: list[str], repeats: int, runs: int) -> list[dict]:

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +36,7 @@ from cgap_graph import zoo  # noqa: E402
 from cgap_graph.ir.graph import trace  # noqa: E402
 from cgap_graph.passes.cgap.prune import prune_units  # noqa: E402
 from cgap_graph.passes.cgap.saliency import saliency  # noqa: E402
-from cgap_graph.passes.export import export_onnx, session  # noqa: E402
+from cgap_graph.passes.export import export_onnx, median_run_seconds, session  # noqa: E402
 
 BATCHES = (1, 64)
 
@@ -46,16 +44,8 @@ BATCHES = (1, 64)
 def ort_latency(path: Path, shape: tuple[int, ...], batch: int, repeats: int) -> float:
     """Median seconds of one ONNX Runtime call on a batch."""
     sess = session(path)
-    name = sess.get_inputs()[0].name
     x = np.random.default_rng(0).standard_normal((batch, *shape[1:])).astype(np.float32)
-    for _ in range(max(3, repeats // 10)):
-        sess.run(None, {name: x})
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        sess.run(None, {name: x})
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return median_run_seconds(sess, {sess.get_inputs()[0].name: x}, repeats, warmup=max(3, repeats // 10))
 
 
 def pruned_to(model: torch.nn.Module, shape: tuple[int, ...], fraction: float):

@@ -82,6 +82,7 @@ def variants(epochs: int) -> dict[str, tuple[str, dict]]:
     """CGaP variants run on every seed (``--variants NAME,...``, jobs ``var_NAME_s{k}``): label, overrides."""
     long = epochs + max(1, epochs // 2)  # as many epochs as the pruning-only rows
     keep = {"gamma_w_layers": KEEP_RATES}
+    c1 = {"gamma_w_layers": {**KEEP_RATES, "conv1": 0.0}}
     return {
         "keepft45": ("CGaP, rates that keep filters, the same growth and pruning epochs, fine-tuned as long as "
                      "pruning-only", {**keep, "epochs": long, "prune_start": 0.3 * epochs / long,
@@ -91,6 +92,13 @@ def variants(epochs: int) -> dict[str, tuple[str, dict]]:
                           "prune_end": 0.6 * epochs / long, "restart_lr": 0.05}),
         "keepc1lr05": ("CGaP, rates that keep filters and leave conv1 alone, lr restarted at 0.05",
                        {"gamma_w_layers": {**KEEP_RATES, "conv1": 0.0}, "restart_lr": 0.05}),
+        # 2026-12-03, second round, built on keepc1lr05 (the best so far): lower conv2 rates (Taylor
+        # keeps 8-15 conv2 filters where CGaP keeps 7-9) and a higher restart
+        "c1c2b": ("CGaP, conv1 left alone, conv2 rate 0.15, lr restarted at 0.05",
+                  {"gamma_w_layers": {**KEEP_RATES, "conv1": 0.0, "conv2": 0.15}, "restart_lr": 0.05}),
+        "c1c2": ("CGaP, conv1 left alone, conv2 rate 0.3, lr restarted at 0.05",
+                 {"gamma_w_layers": {**KEEP_RATES, "conv1": 0.0, "conv2": 0.3}, "restart_lr": 0.05}),
+        "c1lr1": ("CGaP, conv1 left alone, lr restarted at 0.1", {**c1, "restart_lr": 0.1}),
         "keeprestore": ("CGaP, rates that keep filters, survivors get their zeroed weights back",
                         {**keep, "zero_survivors": False}),
         "keeplr05": ("CGaP, rates that keep filters, lr restarted at 0.05", {**keep, "restart_lr": 0.05}),

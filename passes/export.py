@@ -19,7 +19,9 @@ import copy
 import io
 import json
 import logging
+import statistics
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,13 +208,27 @@ def _check(proto) -> None:
         raise ExportError(f"the exported model fails the ONNX checker: {str(exc).splitlines()[0]}") from None
 
 
-def session(proto_or_path):
-    """An ONNX Runtime CPU session for a model proto or file."""
+def session(proto_or_path, threads: int | None = None):
+    """An ONNX Runtime CPU session for a model proto or file (``threads``: intra- and inter-op, for timing)."""
     import onnxruntime as ort
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = opts.inter_op_num_threads = threads
     src = proto_or_path.SerializeToString() if hasattr(proto_or_path, "SerializeToString") else str(proto_or_path)
     return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+
+
+def median_run_seconds(sess, feed: dict, repeats: int, warmup: int = 1) -> float:
+    """Median seconds of one ``sess.run`` on ``feed`` after ``warmup`` calls: a latency, robust to outliers."""
+    for _ in range(warmup):
+        sess.run(None, feed)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        sess.run(None, feed)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
 
 
 @torch.no_grad()

@@ -32,6 +32,7 @@ from cgap_graph.errors import ModelLoadError
 from cgap_graph.io import serialize
 from cgap_graph.io.atomic import atomic_write
 from cgap_graph.io.outputs import check_output
+from cgap_graph.io.torch_load import torch_load
 
 
 @dataclass
@@ -103,7 +104,7 @@ def _unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
 
 def _torch_load(path: Path, weights_only: bool) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
+        return torch_load(path, weights_only=weights_only)
     except pickle.UnpicklingError as exc:
         # a well-formed pickle of objects (a whole model) names the classes it needs; anything
         # else failing here (a text file, random bytes) is simply not a model file
@@ -209,7 +210,7 @@ def _load_trusted_pickle(path: Path, model: str, trust: bool) -> nn.Module:
             "--trust (trust=True); otherwise save model.state_dict() and pass --arch module:factory")
     importable_from_cwd()  # the pickle names its class: find it where the user keeps it
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        obj = torch.load(path, map_location="cpu", weights_only=False)  # --trust: its warnings are the user's
     except Exception as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"cannot unpickle {model}: {type(exc).__name__}: {msg} (is the model's class "

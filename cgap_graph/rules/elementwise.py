@@ -236,22 +236,20 @@ def _is_zero(a) -> bool:
         return False
 
 
-def _add_like(an, op):
-    node, args = op.node, op.args
-    ops = list(args)
-    if not any(isinstance(a, TInfo) for a in ops):
-        return _scalar_fold(node, ops)
-    pin_sizes(an, op)
-    return bcast(an, node, ops, all(_is_zero(a) for a in ops if a is not None))
+def _bcast_rule(zero_when):
+    """A channel rule for an element-wise op whose result is zero where masking zeroes channels when
+    ``zero_when`` (``all`` for a sum: every operand zero; ``any`` for a product: one zero operand)."""
+    def rule(an, op):
+        ops = list(op.args)
+        if not any(isinstance(a, TInfo) for a in ops):
+            return _scalar_fold(op.node, ops)
+        pin_sizes(an, op)
+        return bcast(an, op.node, ops, zero_when(_is_zero(a) for a in ops if a is not None))
+    return rule
 
 
-def _mul_like(an, op):
-    node, args = op.node, op.args
-    ops = list(args)
-    if not any(isinstance(a, TInfo) for a in ops):
-        return _scalar_fold(node, ops)
-    pin_sizes(an, op)
-    return bcast(an, node, ops, any(_is_zero(a) for a in ops))
+_add_like = _bcast_rule(all)
+_mul_like = _bcast_rule(any)
 
 
 def _div_like(an, op):

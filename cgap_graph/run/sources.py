@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from cgap_graph.io.torch_load import torch_load
 from cgap_graph.run import data, image_folder
 from cgap_graph.run.image_folder import first_line as _line
 from cgap_graph.run.tasks import Task, check_target, import_callable
@@ -173,7 +174,7 @@ def _read(path: Path) -> dict[str, Any]:
             raise SourceError(f"{path} is not a readable .npz file ({type(exc).__name__}); write it again with "
                               "np.savez(path, x=inputs, y=targets)") from None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch_load(path)
     except Exception as exc:
         raise SourceError(f"{path} is not a tensor file readable weights-only ({type(exc).__name__}: "
                           f"{_line(exc)[:100]}); save a dict of "

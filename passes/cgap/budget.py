@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import copy
 import re
-import statistics
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +38,7 @@ from cgap_graph.ir.values import TInfo
 from cgap_graph.passes.cgap.prune import PruneReport, remove_units, unit_params
 from cgap_graph.passes.cgap.saliency import Saliency, unit_scores
 from cgap_graph.passes.cgap.widths import check_round_to
-from cgap_graph.passes.export import export_onnx
+from cgap_graph.passes.export import export_onnx, median_run_seconds, session
 from cgap_graph.passes.fpga.config import HwConfig
 from cgap_graph.passes.fpga.cost import cost_workload
 from cgap_graph.passes.fpga.from_graph import graph_workload
@@ -94,21 +92,12 @@ def measure(cg: ChannelGraph, budget: Budget) -> float:
 
 def ort_latency(cg: ChannelGraph, batch: int = 1, repeats: int = 20) -> float:
     """Median ONNX Runtime latency of the model at ``batch`` (one thread), exported on the fly."""
-    import onnxruntime as ort
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.onnx"
         export_onnx(cg.module, [s.shape for s in cg.input_specs], path, check=False)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        sess = session(path, threads=1)
         feed = {i.name: torch.randn(batch, *s.shape[1:]).numpy() for i, s in zip(sess.get_inputs(), cg.input_specs)}
-        sess.run(None, feed)
-        times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            sess.run(None, feed)
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        return median_run_seconds(sess, feed, repeats)
 
 
 # ---- per-unit costs ----------------------------------------------------------------------------------------

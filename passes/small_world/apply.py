@@ -14,6 +14,7 @@ from torch import nn
 
 from cgap_graph.errors import CgapError
 from cgap_graph.io.atomic import atomic_write
+from cgap_graph.io.torch_load import torch_load
 
 
 def _broadcast(mask: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -93,7 +94,7 @@ def load_masks(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.exists():
         raise CgapError(f"no masks at {path}; start the run without resume")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch_load(path)
     except Exception as exc:
         raise CgapError(f"{path} is damaged ({type(exc).__name__}); start a new run") from None
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) and v.dtype == torch.bool
