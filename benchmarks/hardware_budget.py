@@ -9,8 +9,9 @@ A. ResNet-56 and VGG-16 (CIFAR shapes, random weights: latency does not depend o
    batch 64).
 B. LeNet-5 on MNIST: a baseline trained a few epochs, then pruned (Taylor saliency) to several
    parameter budgets, and to FPGA-latency budgets equal to the latency each parameter-budgeted
-   model got; every pruned model fine-tuned the same epochs. Accuracy of each pair at equal FPGA
-   latency (goal: the latency-aware model is at least as accurate), and the Pareto plot of
+   model got; every pruned model fine-tuned the same epochs from each of ``--ft-seeds`` (mean and
+   spread). Accuracy of each pair at equal FPGA latency (goal: the latency-aware model is at least
+   as accurate), and the Pareto plot of
    accuracy against FPGA latency and energy (``benchmarks/results/hardware_pareto.png``).
 Writes benchmarks/results/hardware_budget.json.
 """
@@ -18,6 +19,7 @@ Writes benchmarks/results/hardware_budget.json.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -87,9 +89,22 @@ def part_a(names: list[str], repeats: int, runs: int) -> list[dict]:
     return rows
 
 
-def _finetune(module, out: Path, epochs: int, limit: int | None) -> float:
-    cfg = TrainConfig(epochs=epochs, lr=0.01, f_growth=0, f_pruning=0, train_limit=limit, seed=0)
+def _finetune(module, out: Path, epochs: int, limit: int | None, seed: int = 0) -> float:
+    cfg = TrainConfig(epochs=epochs, lr=0.01, f_growth=0, f_pruning=0, train_limit=limit, seed=seed)
     return train_run(module, (1, 1, 28, 28), "mnist", out, cfg, progress=False).test_accuracy
+
+
+def _finetune_seeds(module, out: Path, args) -> list[float]:
+    """Test accuracy after fine-tuning from each of ``--ft-seeds`` (data order and augmentation):
+    the first seed trains ``module`` itself, the others a copy."""
+    models = [module] + [copy.deepcopy(module) for _ in args.ft_seeds[1:]]  # copies of the pruned model
+    return [_finetune(m, out / f"seed{seed}", args.ft_epochs, args.limit, seed)
+            for m, seed in zip(models, args.ft_seeds)]
+
+
+def _pct(accs: list[float]) -> str:
+    mean = 100 * statistics.mean(accs)
+    return f"{mean:.2f}%" if len(accs) == 1 else f"{mean:.2f} +- {100 * statistics.stdev(accs):.2f}%"
 
 
 def part_b(args, tmp: Path) -> dict:
@@ -110,11 +125,13 @@ def part_b(args, tmp: Path) -> dict:
             else:  # the latency the parameter-budgeted model got
                 budget = parse_budget(f"fpga-latency={rows['params']['fpga_latency_s']}")
             budget_prune(g, sal, budget)
-            acc = _finetune(g.module, tmp / f"{kind}-{budget_params}", args.ft_epochs, args.limit)
+            accs = _finetune_seeds(g.module, tmp / f"{kind}-{budget_params}", args)
+            acc = statistics.mean(accs)
             onnx_path = tmp / f"{kind}-{budget_params}.onnx"
             export_onnx(g.module, (1, 1, 28, 28), onnx_path, check=False)
             report = cost_onnx(onnx_path)
-            rows[kind] = {"budget": str(budget), "accuracy": acc, "params": g.param_count(), "flops": g.flops(),
+            rows[kind] = {"budget": str(budget), "accuracy": acc, "accuracies": accs, "params": g.param_count(),
+                          "flops": g.flops(),
                           "widths": [grp.width for grp in g.groups],
                           "fpga_latency_s": measure(g, parse_budget("fpga-latency=1")),
                           "onnx_fpga_latency_ms": report.totals()["latency_ms"]}
@@ -122,8 +139,8 @@ def part_b(args, tmp: Path) -> dict:
         pairs.append(rows)
         p, lat = rows["params"], rows["fpga-latency"]
         print(f"LeNet-5 at {p['fpga_latency_s'] * 1e6:.2f} us FPGA latency: params budget {budget_params:,} -> "
-              f"{100 * p['accuracy']:.2f}% ({p['params']:,} params, widths {p['widths']}), latency budget -> "
-              f"{100 * lat['accuracy']:.2f}% ({lat['params']:,} params, widths {lat['widths']})", flush=True)
+              f"{_pct(p['accuracies'])} ({p['params']:,} params, widths {p['widths']}), latency budget -> "
+              f"{_pct(lat['accuracies'])} ({lat['params']:,} params, widths {lat['widths']})", flush=True)
     dense_onnx = tmp / "dense.onnx"
     export_onnx(trained, (1, 1, 28, 28), dense_onnx, check=False)
     points["LeNet-5"] = (res.test_accuracy, cost_onnx(dense_onnx))
@@ -140,6 +157,8 @@ def main() -> None:
                    "a part not run keeps its figures from the previous JSON")
     p.add_argument("--base-epochs", type=int, default=8)
     p.add_argument("--ft-epochs", type=int, default=4)
+    p.add_argument("--ft-seeds", type=lambda v: [int(x) for x in v.split(",")], default=[0, 1, 2],
+                   help="fine-tuning seeds for part b; accuracies are their mean (default 0,1,2)")
     args = p.parse_args()
     torch.set_num_threads(1)
     args.limit = None
@@ -147,7 +166,7 @@ def main() -> None:
     runs = 20
     if args.quick:
         args.repeats, args.base_epochs, args.ft_epochs, args.limit, runs = 1, 1, 1, 2000, 3
-        args.params_budgets = [40000]
+        args.params_budgets, args.ft_seeds = [40000], args.ft_seeds[:1]
     previous = RESULTS / f"hardware_budget{'_quick' if args.quick else ''}.json"
     kept = json.loads(previous.read_text()) if previous.exists() else {}
     a = part_a(["resnet56", "vgg16"], args.repeats, runs) if "a" in args.parts else kept.get("ort")
