@@ -25,7 +25,8 @@ so the study resumes where it stopped and runs ``--workers`` jobs at a time. Job
   ``try_`` job where one has the same settings);
 - ``taylorm_{NAME}_s{k}``, ``taylorme_{NAME}_s{k}`` (``--match NAME``): Torch-Pruning Taylor pruning-only
   to that variant's final count per seed, fine-tuned from the variant's restart learning rate, from the
-  full and from the half baseline (45 and 30 epochs in all): a change to fine-tuning is given to both sides.
+  full and from the half baseline (45 and 30 epochs in all): a change to fine-tuning is given to both sides;
+  with ``--match-flops`` also ``taylormf_{NAME}_s{k}`` from the ``--flops-epochs`` baseline (equal training FLOPs).
 
 Every row reports the structured counts (parameters and FLOPs of the shrunk model, 2 x MACs) and the
 non-zero counts (weights Algorithm 3 zeroed inside surviving units excluded; FLOPs = 2 x non-zero MACs).
@@ -164,7 +165,9 @@ def job_table(args) -> dict[str, tuple[str, list[str], dict]]:
         lr = variants(args.epochs)[m][1].get("restart_lr", FT_LR)
         for k in args.seeds:
             var = f"try_{m}_s0" if k == 0 and f"try_{m}_s0" in jobs else f"var_{m}_s{k}"
-            for e, tag in ((args.epochs, ""), (half, "e")):
+            for e, tag in ((args.epochs, ""), (half, "e"), (args.flops_epochs, "f")):
+                if tag == "f" and not args.match_flops:
+                    continue
                 jobs.setdefault(f"base{e}_s{k}", ("baseline", [], {"seed": k, "epochs": e}))
                 jobs[f"taylorm{tag}_{m}_s{k}"] = ("taylor", [f"base{e}_s{k}", var],
                                               {"seed": k, "ft_epochs": half if e == args.epochs else args.epochs - half,
@@ -267,6 +270,7 @@ def schedule(args) -> None:
     base_cmd += ["--quick"] * args.quick + ["--more-tries"] * args.more_tries
     base_cmd += ["--variants", ",".join(args.variants)] if args.variants else []
     base_cmd += ["--match", ",".join(args.match)] if args.match else []
+    base_cmd += ["--match-flops"] * args.match_flops
     todo = [n for n in todo if n not in external]
     while todo or running or external:
         for n in list(external):
@@ -328,7 +332,9 @@ def variant_methods(epochs: int) -> list[tuple[str, str, str]]:
         out += [(f"var_{n}", label, f"var_{n}_s"),
                 (f"taylorm_{n}", f"Taylor + fine-tuning from lr {lr}, to the counts of the row above",
                  f"taylorm_{n}_s"),
-                (f"taylorme_{n}", f"Taylor from lr {lr}, to the same counts, equal total epochs", f"taylorme_{n}_s")]
+                (f"taylorme_{n}", f"Taylor from lr {lr}, to the same counts, equal total epochs", f"taylorme_{n}_s"),
+                (f"taylormf_{n}", f"Taylor from lr {lr}, to the same counts, equal training FLOPs",
+                 f"taylormf_{n}_s")]
     return out
 
 
@@ -439,6 +445,8 @@ def main() -> None:
                    help="CGaP variants to run on every seed: " + ", ".join(variants(30)))
     p.add_argument("--match", type=lambda s: [v for v in s.split(",") if v], default=[],
                    help="also run Taylor pruning-only to these variants' counts, fine-tuned from their learning rate")
+    p.add_argument("--match-flops", action="store_true",
+                   help="with --match: also from the --flops-epochs baseline (jobs taylormf_NAME_s{k}, equal FLOPs)")
     p.add_argument("--seed-width", type=float, default=0.25)
     p.add_argument("--target", type=int, default=7900, help="CGaP's parameter target (the paper's row: 8K)")
     p.add_argument("--tau-accu", type=float, default=0.985)

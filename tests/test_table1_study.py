@@ -18,7 +18,7 @@ import table1_study  # noqa: E402
 
 def _args(**over) -> argparse.Namespace:
     base = dict(epochs=30, seeds=[0, 1, 2], equal_seeds=[0], flops_epochs=5, more_tries=True, seed_width=0.25,
-                target=7900, tau_accu=0.985, variants=["keeplr05", "keepft45"], match=["keeplr05"],
+                target=7900, tau_accu=0.985, variants=["keeplr05", "keepft45"], match=["keeplr05"], match_flops=False,
                 train_limit=None, test_limit=None)
     return argparse.Namespace(**{**base, **over})
 
@@ -46,6 +46,16 @@ def test_matched_taylor_prunes_to_the_variant_and_fine_tunes_from_its_lr():
         kind, deps, s = jobs[f"taylorme_keeplr05_s{k}"]  # equal total epochs: a 15-epoch baseline + 15
         assert (deps, s["ft_epochs"], s["ft_lr"]) == ([f"base15_s{k}", f"var_keeplr05_s{k}"], 15, 0.05)
         assert jobs[f"base15_s{k}"] == ("baseline", [], {"seed": k, "epochs": 15})
+
+
+def test_matched_taylor_at_equal_training_flops_starts_from_the_short_baseline():
+    assert not any(j.startswith("taylormf_") for j in table1_study.job_table(_args()))
+    jobs = table1_study.job_table(_args(match_flops=True))
+    for k in (0, 1, 2):
+        kind, deps, s = jobs[f"taylormf_keeplr05_s{k}"]  # a 5-epoch baseline + 15 epochs from lr 0.05
+        var = "try_keeplr05_s0" if k == 0 else f"var_keeplr05_s{k}"
+        assert (kind, deps, s["ft_epochs"], s["ft_lr"]) == ("taylor", [f"base5_s{k}", var], 15, 0.05)
+        assert jobs[f"base5_s{k}"] == ("baseline", [], {"seed": k, "epochs": 5})
 
 
 def test_unknown_variant_is_a_key_error():
