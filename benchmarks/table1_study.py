@@ -83,7 +83,7 @@ def variants(epochs: int) -> dict[str, tuple[str, dict]]:
     """CGaP variants run on every seed (``--variants NAME,...``, jobs ``var_NAME_s{k}``): label, overrides."""
     long = epochs + max(1, epochs // 2)  # as many epochs as the pruning-only rows
     keep = {"gamma_w_layers": KEEP_RATES}
-    c1 = {"gamma_w_layers": {**KEEP_RATES, "conv1": 0.0}}
+    c1_rates = {**KEEP_RATES, "conv1": 0.0}  # the filter-keeping rates with conv1 left alone
     return {
         "keepft45": ("CGaP, rates that keep filters, the same growth and pruning epochs, fine-tuned as long as "
                      "pruning-only", {**keep, "epochs": long, "prune_start": 0.3 * epochs / long,
@@ -92,14 +92,14 @@ def variants(epochs: int) -> dict[str, tuple[str, dict]]:
                          {**keep, "epochs": long, "prune_start": 0.3 * epochs / long,
                           "prune_end": 0.6 * epochs / long, "restart_lr": 0.05}),
         "keepc1lr05": ("CGaP, rates that keep filters and leave conv1 alone, lr restarted at 0.05",
-                       {"gamma_w_layers": {**KEEP_RATES, "conv1": 0.0}, "restart_lr": 0.05}),
-        # 2026-12-03, second round, built on keepc1lr05 (the best so far): lower conv2 rates (Taylor
-        # keeps 8-15 conv2 filters where CGaP keeps 7-9) and a higher restart
+                       {"gamma_w_layers": c1_rates, "restart_lr": 0.05}),
+        # 2026-12-03, second round, built on keepc1lr05 (the best so far): lower conv2 rates (the matched
+        # Taylor models keep 6-12 conv2 filters, most 10-12, where CGaP keeps 7-9) and a higher restart
         "c1c2b": ("CGaP, conv1 left alone, conv2 rate 0.15, lr restarted at 0.05",
-                  {"gamma_w_layers": {**KEEP_RATES, "conv1": 0.0, "conv2": 0.15}, "restart_lr": 0.05}),
+                  {"gamma_w_layers": {**c1_rates, "conv2": 0.15}, "restart_lr": 0.05}),
         "c1c2": ("CGaP, conv1 left alone, conv2 rate 0.3, lr restarted at 0.05",
-                 {"gamma_w_layers": {**KEEP_RATES, "conv1": 0.0, "conv2": 0.3}, "restart_lr": 0.05}),
-        "c1lr1": ("CGaP, conv1 left alone, lr restarted at 0.1", {**c1, "restart_lr": 0.1}),
+                 {"gamma_w_layers": {**c1_rates, "conv2": 0.3}, "restart_lr": 0.05}),
+        "c1lr1": ("CGaP, conv1 left alone, lr restarted at 0.1", {"gamma_w_layers": c1_rates, "restart_lr": 0.1}),
         "keeprestore": ("CGaP, rates that keep filters, survivors get their zeroed weights back",
                         {**keep, "zero_survivors": False}),
         "keeplr05": ("CGaP, rates that keep filters, lr restarted at 0.05", {**keep, "restart_lr": 0.05}),
@@ -160,14 +160,13 @@ def job_table(args) -> dict[str, tuple[str, list[str], dict]]:
                 continue  # the same job, tried on seed 0 first
             jobs[f"var_{name}_s{k}"] = ("cgap", [], {"seed": k, "over": variants(args.epochs)[name][1]})
     # Taylor pruning-only matched to a variant: to its final count per seed, fine-tuned from the
-    # variant's restart learning rate (45 epochs from the full baseline, 30 from the half one)
+    # variant's restart learning rate (45 epochs from the full baseline, 30 from the half one and, with
+    # --match-flops, 20 from the --flops-epochs one)
     for m in args.match:
         lr = variants(args.epochs)[m][1].get("restart_lr", FT_LR)
         for k in args.seeds:
             var = f"try_{m}_s0" if k == 0 and f"try_{m}_s0" in jobs else f"var_{m}_s{k}"
-            for e, tag in ((args.epochs, ""), (half, "e"), (args.flops_epochs, "f")):
-                if tag == "f" and not args.match_flops:
-                    continue
+            for e, tag in [(args.epochs, ""), (half, "e")] + [(args.flops_epochs, "f")] * args.match_flops:
                 jobs.setdefault(f"base{e}_s{k}", ("baseline", [], {"seed": k, "epochs": e}))
                 jobs[f"taylorm{tag}_{m}_s{k}"] = ("taylor", [f"base{e}_s{k}", var],
                                               {"seed": k, "ft_epochs": half if e == args.epochs else args.epochs - half,

@@ -32,7 +32,7 @@ from cgap_graph.errors import ModelLoadError
 from cgap_graph.io import serialize
 from cgap_graph.io.atomic import atomic_write
 from cgap_graph.io.outputs import check_output
-from cgap_graph.io.torch_load import torch_load
+from cgap_graph.io.torch_load import load_weights_only
 
 
 @dataclass
@@ -102,13 +102,13 @@ def _unwrap_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
     return None
 
 
-def _torch_load(path: Path, weights_only: bool) -> Any:
+def _torch_load(path: Path) -> Any:
     try:
-        return torch_load(path, weights_only=weights_only)
+        return load_weights_only(path)
     except pickle.UnpicklingError as exc:
         # a well-formed pickle of objects (a whole model) names the classes it needs; anything
         # else failing here (a text file, random bytes) is simply not a model file
-        if weights_only and "Unsupported global" in str(exc):
+        if "Unsupported global" in str(exc):
             raise _NeedsTrust() from None
         raise ModelLoadError(f"{path} is not a PyTorch model file or is corrupt (unreadable pickle)") from None
     except PermissionError:
@@ -147,7 +147,7 @@ def load_model(model: str, *, arch: str | None = None, arch_kwargs: dict[str, An
     if path.is_dir():
         raise ModelLoadError(f"{model} is a directory; give a model file")
     if arch is not None:
-        obj = _torch_load(path, weights_only=True)
+        obj = _torch_load(path)
         state = _unwrap_state_dict(obj)
         if state is None:
             raise ModelLoadError(f"{model} holds no state dict (a dict of tensors); save one with "
@@ -161,7 +161,7 @@ def load_model(model: str, *, arch: str | None = None, arch_kwargs: dict[str, An
             raise ModelLoadError(f"the weights in {model} do not fit --arch {arch}: {detail}")
         return LoadedModel(net.eval(), "state_dict")
     try:
-        obj = _torch_load(path, weights_only=True)
+        obj = _torch_load(path)
     except _NeedsTrust:
         obj = _load_trusted_pickle(path, model, trust)
     if isinstance(obj, dict) and obj.get("format") == serialize.FORMAT:

@@ -18,7 +18,7 @@ import torch
 from cgap_graph.errors import CgapError
 from cgap_graph.io import serialize
 from cgap_graph.io.atomic import atomic_write
-from cgap_graph.io.torch_load import torch_load
+from cgap_graph.io.torch_load import load_weights_only
 from cgap_graph.run.config import TrainConfig
 
 CHECKPOINT = "checkpoint.pt"
@@ -61,7 +61,7 @@ def load_checkpoint(path: Path, out: Path) -> dict[str, Any]:
     if not path.exists():
         raise CgapError(f"--resume: no checkpoint in {out}; start the run without --resume")
     try:
-        return torch_load(path)
+        return load_weights_only(path)
     except Exception as exc:
         raise CgapError(f"--resume: {path} is damaged ({type(exc).__name__}); start a new run") from None
 

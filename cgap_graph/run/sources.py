@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from cgap_graph.io.torch_load import torch_load
+from cgap_graph.io.torch_load import load_weights_only
 from cgap_graph.run import data, image_folder
 from cgap_graph.run.image_folder import first_line as _line
 from cgap_graph.run.tasks import Task, check_target, import_callable
@@ -174,7 +174,7 @@ def _read(path: Path) -> dict[str, Any]:
             raise SourceError(f"{path} is not a readable .npz file ({type(exc).__name__}); write it again with "
                               "np.savez(path, x=inputs, y=targets)") from None
     try:
-        obj = torch_load(path)
+        obj = load_weights_only(path)
     except Exception as exc:
         raise SourceError(f"{path} is not a tensor file readable weights-only ({type(exc).__name__}: "
                           f"{_line(exc)[:100]}); save a dict of "

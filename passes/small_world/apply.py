@@ -14,7 +14,7 @@ from torch import nn
 
 from cgap_graph.errors import CgapError
 from cgap_graph.io.atomic import atomic_write
-from cgap_graph.io.torch_load import torch_load
+from cgap_graph.io.torch_load import load_weights_only
 
 
 def _broadcast(mask: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -94,7 +94,7 @@ def load_masks(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.exists():
         raise CgapError(f"no masks at {path}; start the run without resume")
     try:
-        obj = torch_load(path)
+        obj = load_weights_only(path)
     except Exception as exc:
         raise CgapError(f"{path} is damaged ({type(exc).__name__}); start a new run") from None
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) and v.dtype == torch.bool
