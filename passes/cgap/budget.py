@@ -220,7 +220,7 @@ def budget_prune(cg: ChannelGraph, sal: Saliency, budget: Budget, *, round_to: i
             current = measure(cg, budget)
     while current > budget.limit and report.steps < max_steps:
         sal = unit_scores(cg, sal) if not sal.units else sal
-        dead = _choose(cg, sal, budget, step, current - budget.limit)
+        dead = _choose(cg, sal, budget, step, _gap_in_cost_units(cg, budget, current))
         if not dead:
             break
         rep = remove_units(cg, dead, fold=fold)
@@ -232,10 +232,24 @@ def budget_prune(cg: ChannelGraph, sal: Saliency, budget: Budget, *, round_to: i
         report.steps += 1
         report.last_removed, report.last_saving = sum(map(len, dead.values())), previous - current
     report.after, report.met = current, current <= budget.limit
+    if not report.met and report.steps >= max_steps:
+        raise CgapError(f"cannot prune to {budget} in {max_steps} steps: the model stops at {current:.4g}; "
+                        "raise the budget or max_steps")
     if not report.met:
         raise CgapError(f"cannot prune to {budget}: the model stops at {current:.4g} (every group at its smallest "
                         f"width{'' if step == 1 else f' in multiples of {step}'}); raise the budget")
     return report
+
+
+def _gap_in_cost_units(cg: ChannelGraph, budget: Budget, current: float) -> float:
+    """How far the model is over the budget, in the units :func:`unit_costs` speaks. ``ort-latency``
+    units are costed in FLOPs (there is no per-layer CPU model), so its gap in seconds becomes the
+    same share of the model's FLOPs: latency taken as proportional to FLOPs for the step size only;
+    the next measurement still decides."""
+    gap = current - budget.limit
+    if budget.metric != "ort-latency":
+        return gap
+    return gap / current * float(cg.flops()) / cg.input_specs[0].shape[0]
 
 
 def _choose(cg: ChannelGraph, sal: Saliency, budget: Budget, step: int, gap: float) -> dict[int, list[int]]:
